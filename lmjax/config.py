@@ -1,0 +1,121 @@
+"""Experiment configs: Python files with `get_config() -> ml_collections.ConfigDict`.
+
+    cfg = load_config("experiments/gpt_tiny.py", ["--config.optim.lr=3e-4"])
+
+Overrides use the convention of Flax's examples and big_vision (`--config.section.key=value`).
+Every key must already exist in the file's config and keep its type, so a typo or a
+wrong type fails here, before anything compiles.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import pathlib
+from typing import Any, Sequence
+
+import ml_collections
+
+from lmjax.errors import UserError
+from lmjax.models.layers import TransformerConfig
+from lmjax.models.presets import PRESETS
+
+DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "gpt_tiny.py"
+
+# Fields whose values come from a fixed set; checked with the override, before compiling.
+CHOICES = {
+    "objective.name": ("clm", "mlm", "mlm_nsp"),
+    "optim.name": ("adamw", "adafactor", "lion"),
+    "optim.schedule": ("linear", "cosine", "inverse_sqrt", "constant"),
+    "parallel.mode": ("jit", "pmap", "mesh"),
+    "train.nonfinite": ("skip", "halt"),
+    "model.preset": ("",) + tuple(PRESETS),
+    "model.norm": ("layernorm", "rmsnorm"),
+    "model.position": ("learned", "sinusoidal", "rotary"),
+    "model.activation": ("gelu", "gelu_tanh", "relu", "swiglu"),
+    "model.attention": ("xla", "cudnn", "einsum"),
+    "model.remat": ("none", "full", "dots", "dots_no_batch"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.param_dtype": ("float32", "bfloat16"),
+}
+
+
+class ConfigError(UserError):
+  pass
+
+
+def model_section(preset: str = "", **overrides) -> ml_collections.ConfigDict:
+  """Every TransformerConfig field, from a preset, so each one can be overridden by flag."""
+  fields = {f.name: f.default for f in dataclasses.fields(TransformerConfig)}
+  if preset:
+    fields.update(PRESETS[preset])
+  fields.update(overrides)
+  return ml_collections.ConfigDict(dict(preset=preset, **fields))
+
+
+def load_config(path: str | None, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  path = pathlib.Path(path) if path else DEFAULT_CONFIG
+  if not path.is_file():
+    known = sorted(p.stem for p in DEFAULT_CONFIG.parent.glob("*.py") if not p.stem.startswith("_"))
+    raise ConfigError(f"no config file {str(path)!r}; experiments/ has {known}")
+  spec = importlib.util.spec_from_file_location(f"lmjax_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"{path} defines no get_config(); a config file returns an ml_collections.ConfigDict")
+  cfg = module.get_config()
+  apply_overrides(cfg, overrides)
+  return cfg
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
+  for flag in overrides:
+    if not flag.startswith("--config.") or "=" not in flag:
+      raise ConfigError(f"bad override {flag!r}; write --config.section.key=value")
+    key, raw = flag[len("--config."):].split("=", 1)
+    set_value(cfg, key, raw)
+  check_choices(cfg)
+
+
+def set_value(cfg: ml_collections.ConfigDict, key: str, raw: str) -> None:
+  *parents, leaf = key.split(".")
+  node = cfg
+  for i, part in enumerate(parents):
+    if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+      raise ConfigError(f"unknown config key {key!r}: no section {'.'.join(parents[:i + 1])!r}; "
+                        f"sections are {sorted(k for k in node if isinstance(node[k], ml_collections.ConfigDict))}")
+    node = node[part]
+  if leaf not in node:
+    raise ConfigError(f"unknown config key {key!r}; valid keys here are {sorted(node.keys())}")
+  old = node[leaf]
+  node[leaf] = parse_value(key, raw, old)
+
+
+def parse_value(key: str, raw: str, old: Any) -> Any:
+  if isinstance(old, bool):
+    if raw.lower() in ("true", "1", "yes"):
+      return True
+    if raw.lower() in ("false", "0", "no"):
+      return False
+    raise ConfigError(f"--config.{key}={raw!r}: expected true or false")
+  if isinstance(old, str):
+    return raw
+  try:
+    value = ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    raise ConfigError(f"--config.{key}={raw!r}: expected a {type(old).__name__}") from None
+  if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  if isinstance(old, (tuple, list)) and isinstance(value, (tuple, list)):
+    return type(old)(value)
+  if old is not None and type(value) is not type(old):
+    raise ConfigError(f"--config.{key}={raw!r}: expected a {type(old).__name__}, got a {type(value).__name__}")
+  return value
+
+
+def check_choices(cfg: ml_collections.ConfigDict) -> None:
+  for key, choices in CHOICES.items():
+    section, leaf = key.split(".")
+    if section in cfg and leaf in cfg[section] and cfg[section][leaf] not in choices:
+      raise ConfigError(f"{key}={cfg[section][leaf]!r} is not one of {list(choices)}")
+

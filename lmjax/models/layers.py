@@ -1,0 +1,336 @@
+"""Shared Transformer blocks: embeddings, attention, MLP, norms, residual blocks.
+
+Letters in names: B batch, L query length, S key length, D model width, H heads,
+K head dim, F MLP hidden, V vocab, N layers.
+
+Every kernel carries logical axis names ("embed", "heads", "mlp", "vocab", ...)
+through `nn.with_logical_partitioning`; `training/parallel.py` maps them onto a
+device mesh. `nn.unbox` after `init` leaves plain arrays, so params are a plain
+pytree everywhere else.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "sinusoidal", "rotary")
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "swiglu")
+ATTENTION = ("xla", "cudnn", "einsum")
+REMAT = ("none", "full", "dots", "dots_no_batch")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """One frozen config serves the encoder and the decoder: `TransformerConfig(**c.model)`."""
+  vocab_size: int = 8192
+  hidden: int = 256             # D
+  num_layers: int = 4           # N
+  num_heads: int = 4            # H; head dim K = D // H
+  mlp_dim: int = 1024           # F
+  max_len: int = 512            # learned position table size; also the KV cache bound
+  type_vocab_size: int = 0      # segment embeddings (BERT: 2); 0 = none
+  causal: bool = False          # decoder-only when True
+  pre_ln: bool = False          # BERT is post-LN, GPT-2 pre-LN
+  norm: str = "layernorm"
+  norm_eps: float = 1e-12
+  position: str = "learned"
+  rope_base: float = 10000.0
+  activation: str = "gelu"
+  use_bias: bool = True
+  tie_embeddings: bool = True
+  heads: tuple = ()             # encoder heads: "mlm", "nsp", "classify", "span"
+  num_labels: int = 2           # classify head width
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  init_std: float = 0.02
+  dtype: str = "float32"        # compute dtype; params stay in param_dtype
+  param_dtype: str = "float32"
+  attention: str = "xla"        # jax.nn.dot_product_attention implementation, or plain einsums
+  scan_layers: bool = False
+  remat: str = "none"
+
+  def __post_init__(self):
+    for field, choices in (("norm", NORMS), ("position", POSITIONS), ("activation", ACTIVATIONS),
+                           ("attention", ATTENTION), ("remat", REMAT)):
+      if getattr(self, field) not in choices:
+        raise ValueError(f"model.{field}={getattr(self, field)!r} is not one of {choices}")
+    if self.hidden % self.num_heads:
+      raise ValueError(f"model.hidden={self.hidden} is not divisible by model.num_heads={self.num_heads}")
+    if self.position == "rotary" and (self.hidden // self.num_heads) % 2:
+      raise ValueError("rotary positions need an even head dim; change model.hidden or model.num_heads")
+    bad = set(self.heads) - {"mlm", "nsp", "classify", "span"}
+    if bad:
+      raise ValueError(f"model.heads has {sorted(bad)}; valid heads are mlm, nsp, classify, span")
+    if self.causal and set(self.heads) & {"nsp", "classify", "span"}:
+      raise ValueError(f"a decoder (model.causal=True) cannot have heads {self.heads}; use an encoder")
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden // self.num_heads
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+
+def dense_init(cfg: TransformerConfig, *axes):
+  return nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), axes)
+
+
+def zeros_init(*axes):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+def ones_init(*axes):
+  return nn.with_logical_partitioning(nn.initializers.ones_init(), axes)
+
+
+class Norm(nn.Module):
+  """LayerNorm or RMSNorm, computed in float32 (variance in bf16 loses too much)."""
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD):
+    cfg = self.cfg
+    x = x_BxLxD.astype(jnp.float32)
+    scale_D = self.param("scale", ones_init("embed"), (x.shape[-1],), cfg.param_dtype)
+    if cfg.norm == "rmsnorm":
+      y = x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + cfg.norm_eps) * scale_D
+    else:
+      mean = jnp.mean(x, -1, keepdims=True)
+      var = jnp.mean(jnp.square(x - mean), -1, keepdims=True)
+      bias_D = self.param("bias", zeros_init("embed"), (x.shape[-1],), cfg.param_dtype)
+      y = (x - mean) * jax.lax.rsqrt(var + cfg.norm_eps) * scale_D + bias_D
+    return y.astype(cfg.compute_dtype)
+
+
+def sinusoid(positions_BxL, dim: int):
+  """Fixed sin/cos position table of "Attention is all you need", evaluated at positions."""
+  inv_freq = 1.0 / (10000.0 ** (jnp.arange(0, dim, 2) / dim))
+  angles_BxLxD2 = positions_BxL[..., None].astype(jnp.float32) * inv_freq
+  return jnp.concatenate([jnp.sin(angles_BxLxD2), jnp.cos(angles_BxLxD2)], -1)
+
+
+def rotary(x_BxLxHxK, positions_BxL, base: float):
+  """Rotary position embedding (RoFormer), in the half-split layout of GPT-NeoX/LLaMA."""
+  k = x_BxLxHxK.shape[-1]
+  inv_freq = 1.0 / (base ** (jnp.arange(0, k, 2, dtype=jnp.float32) / k))
+  angles_BxLx1xK2 = (positions_BxL[..., None].astype(jnp.float32) * inv_freq)[:, :, None, :]
+  sin, cos = jnp.sin(angles_BxLx1xK2), jnp.cos(angles_BxLx1xK2)
+  x1, x2 = jnp.split(x_BxLxHxK.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+  return out.astype(x_BxLxHxK.dtype)
+
+
+class Embed(nn.Module):
+  """Token + position (+ segment) embeddings; `attend` gives the tied output projection."""
+  cfg: TransformerConfig
+
+  def setup(self):
+    cfg = self.cfg
+    emb = functools.partial(nn.Embed, embedding_init=dense_init(cfg, "vocab", "embed"),
+                            param_dtype=cfg.param_dtype, dtype=cfg.compute_dtype)
+    self.token = emb(cfg.vocab_size, cfg.hidden)
+    if cfg.position == "learned":
+      self.position = nn.Embed(cfg.max_len, cfg.hidden, embedding_init=dense_init(cfg, None, "embed"),
+                               param_dtype=cfg.param_dtype, dtype=cfg.compute_dtype)
+    if cfg.type_vocab_size:
+      self.segment = nn.Embed(cfg.type_vocab_size, cfg.hidden,
+                              embedding_init=dense_init(cfg, None, "embed"),
+                              param_dtype=cfg.param_dtype, dtype=cfg.compute_dtype)
+
+  def __call__(self, ids_BxL, positions_BxL, token_type_ids_BxL=None):
+    cfg = self.cfg
+    x_BxLxD = self.token(ids_BxL)
+    if cfg.position == "learned":
+      x_BxLxD = x_BxLxD + self.position(positions_BxL)
+    elif cfg.position == "sinusoidal":
+      x_BxLxD = x_BxLxD + sinusoid(positions_BxL, cfg.hidden).astype(x_BxLxD.dtype)
+    if cfg.type_vocab_size:
+      types_BxL = jnp.zeros_like(ids_BxL) if token_type_ids_BxL is None else token_type_ids_BxL
+      x_BxLxD = x_BxLxD + self.segment(types_BxL)
+    return x_BxLxD
+
+  def attend(self, y_BxLxD):
+    return self.token.attend(y_BxLxD)
+
+
+def make_attention_mask(key_valid_BxS, causal: bool, query_slot_BxL=None, key_slot_BxS=None,
+                   query_segment_BxL=None, key_segment_BxS=None):
+  """Boolean mask B x 1 x L x S: True where a query may attend to a key.
+
+  Padded keys are masked; with segments, attention stays inside one packed
+  document; causal masking compares slot indices (a query at slot i sees keys at
+  slots <= i), so the same function serves full sequences and the KV cache.
+  """
+  mask_BxLxS = key_valid_BxS[:, None, :]  # B x 1 x S until a query-dependent term broadcasts it
+  if query_segment_BxL is not None:
+    mask_BxLxS = mask_BxLxS & (query_segment_BxL[:, :, None] == key_segment_BxS[:, None, :])
+  if causal:
+    mask_BxLxS = mask_BxLxS & (query_slot_BxL[:, :, None] >= key_slot_BxS[:, None, :])
+  # A padding query may have no key left (packed rows); give it every key so the
+  # softmax stays finite. Its output is never read.
+  mask_BxLxS = mask_BxLxS | ~jnp.any(mask_BxLxS, -1, keepdims=True)
+  return mask_BxLxS[:, None, :, :]
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with an optional key/value cache."""
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD, mask_Bx1xLxS, positions_BxL, deterministic: bool, cache=None):
+    cfg = self.cfg
+    proj = functools.partial(nn.DenseGeneral, features=(cfg.num_heads, cfg.head_dim),
+                             use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
+                             param_dtype=cfg.param_dtype,
+                             kernel_init=dense_init(cfg, "embed", "heads", "kv"),
+                             bias_init=zeros_init("heads", "kv"))
+    q_BxLxHxK = proj(name="query")(x_BxLxD)
+    k_BxLxHxK = proj(name="key")(x_BxLxD)
+    v_BxLxHxK = proj(name="value")(x_BxLxD)
+    if cfg.position == "rotary":
+      q_BxLxHxK = rotary(q_BxLxHxK, positions_BxL, cfg.rope_base)
+      k_BxLxHxK = rotary(k_BxLxHxK, positions_BxL, cfg.rope_base)
+
+    new_cache = None
+    if cache is not None:
+      # Write this chunk's keys/values at the cache cursor; attend over all S slots.
+      k_cache_BxSxHxK, v_cache_BxSxHxK, index = cache
+      k_BxLxHxK = jax.lax.dynamic_update_slice(k_cache_BxSxHxK, k_BxLxHxK.astype(k_cache_BxSxHxK.dtype),
+                                               (0, index, 0, 0))
+      v_BxLxHxK = jax.lax.dynamic_update_slice(v_cache_BxSxHxK, v_BxLxHxK.astype(v_cache_BxSxHxK.dtype),
+                                               (0, index, 0, 0))
+      new_cache = (k_BxLxHxK, v_BxLxHxK)
+
+    dropout_rng = None
+    if not deterministic and cfg.attention_dropout_rate > 0:
+      dropout_rng = self.make_rng("dropout")
+    y_BxLxHxK = dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask_Bx1xLxS, cfg,
+                                      dropout_rng)
+    out = nn.DenseGeneral(cfg.hidden, axis=(-2, -1), use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
+                          param_dtype=cfg.param_dtype,
+                          kernel_init=dense_init(cfg, "heads", "kv", "embed"),
+                          bias_init=zeros_init("embed"), name="out")
+    return out(y_BxLxHxK), new_cache
+
+
+def dot_product_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask_Bx1xLxS, cfg, dropout_rng=None):
+  """softmax(q k^T / sqrt(K)) v. `jax.nn.dot_product_attention` picks cuDNN flash
+  attention on GPU; attention dropout needs the probabilities, so it takes einsums."""
+  if dropout_rng is None and cfg.attention != "einsum":
+    return jax.nn.dot_product_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask_Bx1xLxS,
+                                        implementation=cfg.attention)
+  scale = 1.0 / math.sqrt(q_BxLxHxK.shape[-1])
+  scores_BxHxLxS = jnp.einsum("blhk,bshk->bhls", q_BxLxHxK, k_BxSxHxK).astype(jnp.float32) * scale
+  scores_BxHxLxS = jnp.where(mask_Bx1xLxS, scores_BxHxLxS, jnp.finfo(jnp.float32).min)
+  probs_BxHxLxS = jax.nn.softmax(scores_BxHxLxS, axis=-1)  # softmax in fp32
+  if dropout_rng is not None:
+    keep = 1.0 - cfg.attention_dropout_rate
+    probs_BxHxLxS = probs_BxHxLxS * jax.random.bernoulli(dropout_rng, keep, probs_BxHxLxS.shape) / keep
+  return jnp.einsum("bhls,bshk->blhk", probs_BxHxLxS.astype(v_BxSxHxK.dtype), v_BxSxHxK)
+
+
+class Mlp(nn.Module):
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD, deterministic: bool):
+    cfg = self.cfg
+    dense = functools.partial(nn.Dense, use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
+                              param_dtype=cfg.param_dtype)
+    up = functools.partial(dense, cfg.mlp_dim, kernel_init=dense_init(cfg, "embed", "mlp"),
+                           bias_init=zeros_init("mlp"))
+    if cfg.activation == "swiglu":
+      h_BxLxF = nn.silu(up(name="wi_gate")(x_BxLxD)) * up(name="wi")(x_BxLxD)
+    else:
+      act = {"gelu": functools.partial(nn.gelu, approximate=False),
+             "gelu_tanh": functools.partial(nn.gelu, approximate=True),
+             "relu": nn.relu}[cfg.activation]
+      h_BxLxF = act(up(name="wi")(x_BxLxD))
+    h_BxLxF = nn.Dropout(cfg.dropout_rate)(h_BxLxF, deterministic=deterministic)
+    return dense(cfg.hidden, kernel_init=dense_init(cfg, "mlp", "embed"),
+                 bias_init=zeros_init("embed"), name="wo")(h_BxLxF)
+
+
+class Block(nn.Module):
+  """One Transformer layer; pre-LN: x + f(norm(x)), post-LN: norm(x + f(x))."""
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD, mask_Bx1xLxS, positions_BxL, deterministic: bool, cache=None):
+    cfg = self.cfg
+    attn, mlp = Attention(cfg, name="attn"), Mlp(cfg, name="mlp")
+    attn_norm, mlp_norm = Norm(cfg, name="attn_norm"), Norm(cfg, name="mlp_norm")
+    drop = functools.partial(nn.Dropout(cfg.dropout_rate), deterministic=deterministic)
+    if cfg.pre_ln:
+      a_BxLxD, new_cache = attn(attn_norm(x_BxLxD), mask_Bx1xLxS, positions_BxL, deterministic, cache)
+      x_BxLxD = x_BxLxD + drop(a_BxLxD)
+      x_BxLxD = x_BxLxD + drop(mlp(mlp_norm(x_BxLxD), deterministic))
+    else:
+      a_BxLxD, new_cache = attn(x_BxLxD, mask_Bx1xLxS, positions_BxL, deterministic, cache)
+      x_BxLxD = attn_norm(x_BxLxD + drop(a_BxLxD))
+      x_BxLxD = mlp_norm(x_BxLxD + drop(mlp(x_BxLxD, deterministic)))
+    return x_BxLxD, new_cache
+
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Stack(nn.Module):
+  """N blocks, as a Python loop (params `layer_0..`) or one `nn.scan` (params `layers`,
+  stacked on a leading N axis: compile time stays flat in depth).
+
+  cache: None, or (k_NxBxSxHxK, v_NxBxSxHxK, index) for incremental decoding.
+  """
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD, mask_Bx1xLxS, positions_BxL, deterministic: bool, cache=None):
+    cfg = self.cfg
+    block = Block
+    if cfg.remat != "none":
+      block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], static_argnums=(4,))
+    if cfg.scan_layers:
+      def body(layer, x, kv):
+        layer_cache = None if kv is None else (kv[0], kv[1], cache[2])
+        x, new_kv = layer(x, mask_Bx1xLxS, positions_BxL, deterministic, layer_cache)
+        return x, new_kv
+      scanned = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                        length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+      kv = None if cache is None else (cache[0], cache[1])
+      x_BxLxD, new_kv = scanned(block(cfg, name="layers"), x_BxLxD, kv)
+    else:
+      new_k, new_v = [], []
+      for i in range(cfg.num_layers):
+        layer_cache = None if cache is None else (cache[0][i], cache[1][i], cache[2])
+        x_BxLxD, kv = block(cfg, name=f"layer_{i}")(x_BxLxD, mask_Bx1xLxS, positions_BxL,
+                                                    deterministic, layer_cache)
+        if kv is not None:
+          new_k.append(kv[0])
+          new_v.append(kv[1])
+      new_kv = (jnp.stack(new_k), jnp.stack(new_v)) if cache is not None else None
+    return x_BxLxD, new_kv
+
+
+def stack_layers(params: dict[str, Any], num_layers: int) -> dict[str, Any]:
+  """Model params with a looped Stack (`stack/layer_i`) -> with a scanned one (`stack/layers`)."""
+  layers = [params["stack"][f"layer_{i}"] for i in range(num_layers)]
+  return {**params, "stack": {"layers": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}}
+
+
+def unstack_layers(params: dict[str, Any], num_layers: int) -> dict[str, Any]:
+  layers = params["stack"]["layers"]
+  return {**params, "stack": {f"layer_{i}": jax.tree.map(lambda x, i=i: x[i], layers)
+                              for i in range(num_layers)}}
