@@ -107,8 +107,8 @@ def run(args, overrides) -> None:
     from lmjax.data import tokenizer
     tokenizer.train_from_config(load_config(args.config, overrides), args.workdir)
   elif cmd == "bench":
-    from lmjax import bench
-    getattr(bench, f"bench_{args.bench_command}")(load_config(args.config, overrides), args)
+    import importlib
+    importlib.import_module(f"lmjax.bench.{args.bench_command}").main(load_config(args.config, overrides), args)
 
 
 def main(argv=None) -> None:
