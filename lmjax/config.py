@@ -53,6 +53,71 @@ def model_section(preset: str = "", **overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(preset=preset, **fields))
 
 
+def base_config() -> ml_collections.ConfigDict:
+  """Every section and key an experiment may set, with its default. Experiment files
+  start from this and change what they study, so each key is documented once, here."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model = model_section("gpt-tiny")
+  c.tokenizer = ml_collections.ConfigDict(dict(
+      vocab_size=8192,            # must equal model.vocab_size
+      model_type="unigram",       # or "bpe"
+      byte_fallback=True,
+      character_coverage=0.9995,
+      sample_chars=20_000_000,    # characters of the corpus to train on
+  ))
+  c.data = ml_collections.ConfigDict(dict(
+      source="default",           # "default" (offline corpus), "local" (data.path), or a TFDS name
+      path="",                    # local corpus: a directory or glob of .txt / .jsonl / .zip of .txt
+      txt_docs="file",            # .txt documents: one per "file", or per blank-line "paragraph"
+      max_chars=0,                # cap on the corpus size in characters; 0 = all of it
+      text_field="text",          # TFDS/JSONL field holding the text
+      data_dir="",                # TFDS data_dir; "" = ~/.cache/lmjax/tfds for default/local, TFDS's default otherwise
+      train_split="train",
+      eval_split="validation",
+      seq_len=128,
+      batch_size=16,              # global batch, all devices and hosts together
+      short_seq_prob=0.1,         # BERT pairs: share of shorter pairs (as in BERT)
+  ))
+  c.objective = ml_collections.ConfigDict(dict(
+      name="clm",                 # "clm", "mlm", "mlm_nsp"
+      mask_rate=0.15,
+      whole_word=False,
+      max_predictions=20,         # MLM predictions per row; 0 = score all L positions
+      z_loss=0.0,
+      label_smoothing=0.0,
+  ))
+  c.optim = ml_collections.ConfigDict(dict(
+      name="adamw",               # "adamw", "adafactor", "lion"
+      lr=1e-3,
+      schedule="cosine",          # after linear warmup: "linear", "cosine", "inverse_sqrt", "constant"
+      warmup_steps=100,
+      end_lr_ratio=0.1,
+      weight_decay=0.01,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      clip_norm=1.0,
+      grad_accum=1,               # micro-batches per update
+  ))
+  c.train = ml_collections.ConfigDict(dict(
+      steps=1000,
+      log_every=50,
+      eval_every=500,
+      eval_batches=20,
+      checkpoint_every=500,
+      keep=2,                     # last K checkpoints, plus the best by best_metric
+      best_metric="loss",         # an eval metric, lower is better; "" keeps only the last K
+      nonfinite="halt",           # "skip" drops the step; "halt" stops with the offending metric
+      samples=3,                  # generated (decoders) at the end
+  ))
+  c.parallel = ml_collections.ConfigDict(dict(
+      mode="jit",                 # "jit" (one device), "pmap", or "mesh"
+      data=-1, fsdp=1, tensor=1,  # mesh shape; data=-1 takes every device left over
+  ))
+  return c
+
+
 def load_config(path: str | None, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
   path = pathlib.Path(path) if path else DEFAULT_CONFIG
   if not path.is_file():
