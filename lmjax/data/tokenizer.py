@@ -71,6 +71,9 @@ class HFTokenizer:
   """An imported Hugging Face tokenizer (`tokenizers` package): BERT WordPiece or GPT-2 byte-level BPE."""
 
   def __init__(self, tok, path: str):
+    # A saved tokenizer.json may carry its pipeline's padding/truncation; lmjax pads itself.
+    tok.no_padding()
+    tok.no_truncation()
     self.path, self.tok = path, tok
     self.vocab_size = tok.get_vocab_size()
     find = tok.token_to_id

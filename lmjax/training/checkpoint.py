@@ -82,7 +82,9 @@ def restore_params(workdir, step: int | None = None, target: Any = None):
   path = checkpoint_dir(workdir)
   if not path.is_dir():
     raise UserError(f"no checkpoints in {path}; train (lmjax train) or convert (lmjax convert) first")
-  with ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
+  handlers = {"params": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
+  with ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True),
+                             item_handlers=handlers) as mngr:
     step = mngr.latest_step() if step is None else step
     if step is None:
       raise UserError(f"{path} holds no complete checkpoint")
