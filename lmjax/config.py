@@ -33,7 +33,7 @@ CHOICES = {
     "model.norm": ("layernorm", "rmsnorm"),
     "model.position": ("learned", "sinusoidal", "rotary"),
     "model.activation": ("gelu", "gelu_tanh", "relu", "swiglu"),
-    "model.attention": ("xla", "cudnn", "einsum"),
+    "model.attention": ("auto", "xla", "cudnn", "einsum"),
     "model.remat": ("none", "full", "dots", "dots_no_batch"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16"),

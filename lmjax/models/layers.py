@@ -22,7 +22,7 @@ import jax.numpy as jnp
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "sinusoidal", "rotary")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "swiglu")
-ATTENTION = ("xla", "cudnn", "einsum")
+ATTENTION = ("auto", "xla", "cudnn", "einsum")
 REMAT = ("none", "full", "dots", "dots_no_batch")
 
 
@@ -52,7 +52,8 @@ class TransformerConfig:
   init_std: float = 0.02
   dtype: str = "float32"        # compute dtype; params stay in param_dtype
   param_dtype: str = "float32"
-  attention: str = "xla"        # jax.nn.dot_product_attention implementation, or plain einsums
+  attention: str = "auto"       # jax.nn.dot_product_attention: "auto" (cuDNN flash on GPU when it
+                                # can, else XLA), "xla", "cudnn"; or "einsum" (written out)
   scan_layers: bool = False
   remat: str = "none"
 
@@ -227,7 +228,7 @@ def dot_product_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask_Bx1xLxS, cfg, dr
   attention on GPU; attention dropout needs the probabilities, so it takes einsums."""
   if dropout_rng is None and cfg.attention != "einsum":
     return jax.nn.dot_product_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask_Bx1xLxS,
-                                        implementation=cfg.attention)
+                                        implementation=None if cfg.attention == "auto" else cfg.attention)
   scale = 1.0 / math.sqrt(q_BxLxHxK.shape[-1])
   scores_BxHxLxS = jnp.einsum("blhk,bshk->bhls", q_BxLxHxK, k_BxSxHxK).astype(jnp.float32) * scale
   scores_BxHxLxS = jnp.where(mask_Bx1xLxS, scores_BxHxLxS, jnp.finfo(jnp.float32).min)

@@ -1,0 +1,222 @@
+"""The training loop's promises: exact resume, resharding, preemption, kill -9,
+non-finite handling, clear errors -- on a tiny GPT over a slice of the default corpus."""
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from lmjax.config import load_config
+from lmjax.errors import UserError
+from lmjax.training import checkpoint, loop
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+TINY = ["--config.model.hidden=32", "--config.model.num_heads=2", "--config.model.mlp_dim=64",
+        "--config.model.num_layers=2", "--config.model.vocab_size=384", "--config.model.max_len=32",
+        "--config.tokenizer.vocab_size=384", "--config.tokenizer.sample_chars=200000",
+        "--config.data.seq_len=32", "--config.data.batch_size=8", "--config.data.max_chars=300000",
+        "--config.train.steps=12", "--config.train.log_every=1", "--config.train.eval_every=6",
+        "--config.train.eval_batches=2", "--config.train.checkpoint_every=4", "--config.train.keep=10",
+        "--config.train.samples=0", "--config.optim.warmup_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def tiny(data_dir, *extra):
+  return load_config(None, TINY + [f"--config.data.data_dir={data_dir}", *extra])
+
+
+def losses(workdir):
+  rows = [json.loads(l) for l in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+  return [(r["step"], r["loss"]) for r in rows if r["split"] == "train"]
+
+
+def params_of(workdir):
+  return jax.tree.map(np.asarray, checkpoint.restore_params(workdir))
+
+
+def drop_checkpoints_after(workdir, step):
+  """What a crash right after checkpoint `step` leaves behind."""
+  for step_dir in (pathlib.Path(workdir) / "checkpoints").iterdir():
+    if step_dir.name.isdigit() and int(step_dir.name) > step:
+      shutil.rmtree(step_dir)
+
+
+def assert_trees_equal(a, b, atol=0.0):
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+    if atol == 0.0:
+      np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+    else:
+      np.testing.assert_allclose(x, y, atol=atol, rtol=0, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, data_dir):
+  """12 steps without a stop: the reference every resumed run must equal."""
+  workdir = tmp_path_factory.mktemp("straight")
+  metrics = loop.train(tiny(data_dir), workdir)
+  return workdir, metrics
+
+
+def test_loss_falls_and_outputs_exist(straight_run):
+  workdir, metrics = straight_run
+  trajectory = [l for _, l in losses(workdir)]
+  assert len(trajectory) == 12 and np.mean(trajectory[-3:]) < np.mean(trajectory[:3])
+  assert (workdir / "tokenizer.model").is_file() and (workdir / "config.json").is_file()
+  assert list((workdir / "tensorboard").iterdir()), "no TensorBoard event file"
+  assert metrics["perplexity"] > 1 and np.isfinite(metrics["loss"])
+
+
+def test_resume_after_crash_is_bit_exact(straight_run, tmp_path, data_dir):
+  """A crash right after checkpoint 4: rerunning the same command gives the same losses and params."""
+  reference, _ = straight_run
+  workdir = tmp_path / "crashed"
+  loop.train(tiny(data_dir), workdir)
+  drop_checkpoints_after(workdir, 4)
+  loop.train(tiny(data_dir), workdir)
+  assert losses(workdir) == losses(reference)
+  assert_trees_equal(params_of(workdir), params_of(reference))
+
+
+def test_checkpoint_reshards_across_parallelism(straight_run, tmp_path, data_dir):
+  """pmap on 8 devices to step 4, then a 2x2x2 mesh to step 8, then one device to 12."""
+  reference, _ = straight_run
+  workdir = tmp_path / "reshard"
+  loop.train(tiny(data_dir, "--config.parallel.mode=pmap"), workdir)
+  drop_checkpoints_after(workdir, 4)
+  mesh = ["--config.parallel.mode=mesh", "--config.parallel.data=2", "--config.parallel.fsdp=2",
+          "--config.parallel.tensor=2"]
+  # Stop the mesh run at 8 by removing later checkpoints again, then finish on one device.
+  loop.train(tiny(data_dir, *mesh), workdir)
+  drop_checkpoints_after(workdir, 8)
+  loop.train(tiny(data_dir), workdir)
+  assert_trees_equal(params_of(workdir), params_of(reference), atol=2e-5)
+  np.testing.assert_allclose([l for _, l in losses(workdir)], [l for _, l in losses(reference)], atol=2e-5)
+
+
+def test_corrupt_latest_checkpoint_is_skipped(straight_run, tmp_path, data_dir, capfd):
+  workdir = tmp_path / "corrupt"
+  loop.train(tiny(data_dir, "--config.train.steps=8"), workdir)
+  latest = workdir / "checkpoints" / "8"
+  for f in (latest / "params").rglob("*"):
+    if f.is_file() and f.stat().st_size > 0 and "ocdbt" not in f.name and f.suffix != ".json":
+      f.write_bytes(b"garbage")
+  # A half-written save, as a kill -9 mid-save leaves it: orbax's temporary directory.
+  (workdir / "checkpoints" / "12.orbax-checkpoint-tmp-1").mkdir()
+  capfd.readouterr()
+  found = checkpoint.restore_latest(checkpoint.open_manager(workdir, keep=10),
+                                    *restore_targets(workdir, 4))
+  assert found is not None and found[0] == 6  # the eval checkpoint before 8
+  assert "checkpoint 8" in capfd.readouterr().err
+
+
+def restore_targets(workdir, step):
+  from lmjax.training import optim, state as state_lib
+  from lmjax import models
+  cfg = load_config(None, TINY)
+  tx, _ = optim.optimizer_from_config(cfg.optim, cfg.train.steps)
+  abstract = jax.eval_shape(lambda: state_lib.init_state(models.model_config(cfg.model), tx, jax.random.key(0)))
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
+  return target.params, target.opt_state
+
+
+def test_nonfinite_halt_and_skip(tmp_path, data_dir):
+  cfg = tiny(data_dir, "--config.train.steps=6")
+  cfg.optim.lr = float("inf")
+  with pytest.raises(UserError, match=r"non-finite .* at step \d"):
+    loop.train(cfg, tmp_path / "halt")
+  assert not any(p.name.isdigit() for p in (tmp_path / "halt" / "checkpoints").iterdir())
+  cfg.train.nonfinite = "skip"
+  loop.train(cfg, tmp_path / "skip")
+  rows = [json.loads(l) for l in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()]
+  assert max(r.get("skipped", 0) for r in rows) >= 1
+
+
+def test_bad_inputs_fail_before_compiling(straight_run, tmp_path, data_dir):
+  workdir, _ = straight_run
+  before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+  with pytest.raises(UserError, match="model.hidden=32, this config says 64"):
+    loop.train(tiny(data_dir, "--config.model.hidden=64"), workdir)
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
+  a_file = tmp_path / "file"
+  a_file.write_text("")
+  with pytest.raises(UserError, match="not writable"):
+    loop.train(tiny(data_dir), a_file / "run")
+  with pytest.raises(UserError, match="smaller than optim.warmup_steps"):
+    loop.train(tiny(data_dir, "--config.optim.warmup_steps=100"), tmp_path / "warm")
+  with pytest.raises(UserError, match="no config file"):
+    load_config("experiments/nope.py")
+
+
+def run_cli(*args, **kwargs):
+  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  return subprocess.Popen([sys.executable, "-m", "lmjax", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_resume_equals_straight_run(straight_run, tmp_path, data_dir):
+  reference, _ = straight_run
+  workdir = tmp_path / "signal"
+  args = ["train", "--workdir", str(workdir), *TINY, f"--config.data.data_dir={data_dir}",
+          "--config.train.checkpoint_every=100"]
+  proc = run_cli(*args)
+  metrics = workdir / "metrics.jsonl"
+  deadline = time.time() + 240
+  while time.time() < deadline and not (metrics.exists() and metrics.read_text().count('"train"') >= 2):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=240)
+  assert proc.returncode == 0, err
+  assert "stopped by SIGTERM" in err, err
+  stopped = checkpoint.restore_latest(checkpoint.open_manager(workdir, keep=10), *restore_targets(workdir, 0))
+  assert stopped is not None and stopped[0] < 12
+  proc = run_cli(*args)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err
+  assert losses(workdir) == losses(reference)
+  assert_trees_equal(params_of(workdir), params_of(reference))
+
+
+@pytest.mark.slow
+def test_kill_9_leaves_a_restorable_checkpoint(straight_run, tmp_path, data_dir):
+  reference, _ = straight_run
+  workdir = tmp_path / "kill9"
+  args = ["train", "--workdir", str(workdir), *TINY, f"--config.data.data_dir={data_dir}",
+          "--config.train.checkpoint_every=1", "--config.train.keep=2"]
+  proc = run_cli(*args)
+  ckpts = workdir / "checkpoints"
+  deadline = time.time() + 240
+  while time.time() < deadline and not (ckpts.exists() and sum(p.name.isdigit() for p in ckpts.iterdir()) >= 2):
+    time.sleep(0.01)
+  proc.kill()
+  proc.communicate()
+  proc = run_cli(*args)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err
+  assert "resumed from checkpoint" in err
+  assert_trees_equal(params_of(workdir), params_of(reference))
+
+
+def test_eval_cli_prints_json(straight_run, tmp_path, capsys, shared_data):
+  from lmjax.__main__ import main
+  workdir, _ = straight_run
+  main(["eval", "--workdir", str(workdir)])
+  metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert metrics["perplexity"] > 1
+  book = tmp_path / "book.txt"
+  book.write_text((shared_data / "gutenberg" / "pg11.txt").read_text(encoding="utf-8-sig")[:20000])
+  main(["eval", "--workdir", str(workdir), "--data", str(book)])
+  metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert 0 < metrics["bits_per_byte"] < 8 and metrics["perplexity"] > 1
