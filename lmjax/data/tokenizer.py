@@ -128,6 +128,11 @@ class HFTokenizer:
     return starts
 
 
+def has_tokenizer(workdir: str) -> bool:
+  return (os.path.exists(os.path.join(workdir, "tokenizer.model"))
+          or any(os.path.exists(os.path.join(workdir, "tokenizer", f)) for f in ("tokenizer.json", "vocab.txt")))
+
+
 def load_tokenizer(workdir: str):
   """WORKDIR/tokenizer.model (ours), else WORKDIR/tokenizer/{tokenizer.json,vocab.txt} (imported HF)."""
   model = os.path.join(workdir, "tokenizer.model")

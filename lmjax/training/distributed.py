@@ -21,7 +21,9 @@ CLUSTER_ENV = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "JOBSET_NAME", "TPU_WORKE
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, timeout_s: int = 120) -> None:
+               process_id: int | None = None, timeout_s: int | None = None) -> None:
+  # LMJAX_DISTRIBUTED_TIMEOUT (seconds) shortens the wait, e.g. in tests of a wrong address.
+  timeout_s = timeout_s or int(os.environ.get("LMJAX_DISTRIBUTED_TIMEOUT", 120))
   explicit = coordinator is not None or num_processes is not None or process_id is not None
   if explicit and None in (coordinator, num_processes, process_id):
     raise UserError("multi-process training needs all of --coordinator HOST:PORT, --num-processes N "

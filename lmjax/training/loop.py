@@ -59,7 +59,7 @@ class Run:
 
 def setup(cfg, workdir, train_tokenizer: bool = False) -> Run:
   """Reads the config once, at the edge: tokenizer, model, objective, parallelism."""
-  if train_tokenizer and jax.process_index() == 0:
+  if train_tokenizer and jax.process_index() == 0 and not tokenizers.has_tokenizer(str(workdir)):
     tokenizers.train_from_config(cfg, str(workdir))
   if train_tokenizer and jax.process_count() > 1:
     distributed.barrier("tokenizer")
@@ -79,7 +79,7 @@ def check_workdir(workdir: pathlib.Path, cfg) -> None:
   """Before anything compiles or is written: writable, and agreeing with a previous run."""
   try:
     workdir.mkdir(parents=True, exist_ok=True)
-    probe = workdir / ".write-test"
+    probe = workdir / f".write-test-{jax.process_index()}"   # one per process: no race on unlink
     probe.write_text("")
     probe.unlink()
   except OSError as e:
@@ -122,8 +122,13 @@ class Preemption:
       signal.signal(sig, handler)
 
 
-def train(cfg, workdir, *, coordinator=None, num_processes=None, process_id=None) -> dict:
-  """Trains (or resumes) the run in `workdir`; returns the final eval metrics."""
+def train(cfg, workdir, *, init_params=None, coordinator=None, num_processes=None, process_id=None) -> dict:
+  """Trains (or resumes) the run in `workdir`; returns the final eval metrics.
+
+  init_params: pretrained params (fine-tuning) that replace the fresh initialisation
+  wherever the paths match; parts they lack (a new task head) stay freshly initialised.
+  Ignored when the workdir already holds a checkpoint to resume.
+  """
   distributed.initialize(coordinator, num_processes, process_id)
   workdir = pathlib.Path(workdir).resolve()
   check_workdir(workdir, cfg)
@@ -148,6 +153,8 @@ def train(cfg, workdir, *, coordinator=None, num_processes=None, process_id=None
   start = resume(mngr, state, train_iter, mode)
   if start is not None:
     state = start
+  elif init_params is not None:
+    state = start_from(state, init_params, mode, mesh, run.model_cfg, tx)
   step = int(parallel.host_state(state, mode).step)
   train_step = parallel.compile_train_step(step_fn, mode, state, mesh)
   eval_step = parallel.compile_eval_step(eval_fn, mode, mesh)
@@ -276,6 +283,25 @@ def resume(mngr, state: TrainState, train_iter, mode: str):
                                 skipped=jax.device_put(restored.skipped, global_state.skipped.sharding))
   print(f"lmjax train: resumed from checkpoint {step}", file=sys.stderr)
   return restored
+
+
+def start_from(state: TrainState, init_params, mode, mesh, model_cfg, tx) -> TrainState:
+  """`state` with its params replaced by `init_params` where paths match, optimizer state fresh."""
+  fresh = parallel.host_state(state, mode)
+  flat_init = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(init_params)}
+
+  def pick(path, x):
+    y = flat_init.get(jax.tree_util.keystr(path))
+    if y is None:
+      return np.asarray(x)
+    if y.shape != x.shape:
+      raise UserError(f"pretrained {jax.tree_util.keystr(path)} has shape {y.shape}, this model needs "
+                      f"{x.shape}; the --init checkpoint's architecture does not fit this config")
+    return np.asarray(y, x.dtype)
+
+  params = jax.tree_util.tree_map_with_path(pick, fresh.params)
+  host = jax.tree.map(np.asarray, fresh.replace(params=params, opt_state=tx.init(params)))
+  return parallel.place_state(host, mode, mesh, model_cfg, tx)
 
 
 def save(mngr, state, mode, step, rng, data_state, cfg, metrics):
