@@ -1,0 +1,221 @@
+"""Model properties on tiny configs: parameter counts, causality by gradients, packing,
+the KV cache, scan/loop and remat equivalence, mixed precision, options, padding."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lmjax.models import (PRESETS, TransformerConfig, build, init_cache, init_params, model_config,
+                          param_count, stack_layers)
+from lmjax.models.layers import REMAT
+
+TINY = dict(vocab_size=61, hidden=32, num_layers=2, num_heads=4, mlp_dim=64, max_len=32,
+            dropout_rate=0.0, attention_dropout_rate=0.0, init_std=0.2)
+GPT = dict(TINY, causal=True, pre_ln=True, activation="gelu_tanh", norm_eps=1e-5)
+BERT = dict(TINY, type_vocab_size=2, heads=("mlm", "nsp"))
+
+PARAM_COUNTS = {"bert-tiny": 4_433_468, "bert-mini": 11_267_900, "bert-base": 110_106_428,
+                "bert-large": 336_226_108, "gpt-tiny": 5_387_776, "gpt2-small": 124_439_808,
+                "gpt2-medium": 354_823_168}
+
+
+def setup(**fields):
+  """(cfg, apply, params); apply(params, ids, **kwargs) is jitted, since eager Flax
+  dispatches op by op and would dominate the runtime."""
+  cfg = TransformerConfig(**fields)
+  return cfg, jitted(cfg), jax.jit(lambda: init_params(cfg, jax.random.key(0)))()
+
+
+def jitted(cfg):
+  model = build(cfg)
+  return jax.jit(lambda params, ids, **kwargs: model.apply({"params": params}, ids, **kwargs))
+
+
+def random_ids(shape, seed=0, vocab=TINY["vocab_size"]):
+  return jax.random.randint(jax.random.key(seed), shape, 0, vocab)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_preset_param_count(preset):
+  assert set(PRESETS) == set(PARAM_COUNTS)
+  assert param_count(TransformerConfig(**PRESETS[preset])) == PARAM_COUNTS[preset]
+
+
+def test_param_counts_equal_transformers():
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  with torch.device("meta"):  # shapes only: no memory, no init time
+    bert = transformers.BertForPreTraining(transformers.BertConfig())
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config())
+  assert sum(p.numel() for p in bert.parameters()) == PARAM_COUNTS["bert-base"]
+  assert sum(p.numel() for p in gpt2.parameters()) == PARAM_COUNTS["gpt2-small"]
+
+
+@pytest.mark.parametrize("position", ["learned", "sinusoidal", "rotary"])
+def test_decoder_is_causal_by_gradients(position):
+  """d logits[t] / d x[s] is exactly zero for every s > t: a perturbation added to the
+  input embeddings (through the token table, with distinct tokens) cannot flow back.
+  Untied, so the table is not also the output projection."""
+  cfg, model, params = setup(**GPT, position=position, tie_embeddings=False)
+  L, t = 10, 4
+  ids_1xL = jnp.arange(L)[None] + 3  # distinct tokens: row s of the table feeds position s only
+
+  def logits_at_t(table_VxD):
+    p = {**params, "embed": {**params["embed"], "token": {"embedding": table_VxD}}}
+    return model(p, ids_1xL).logits[0, t].sum()
+
+  grad_VxD = jax.jit(jax.grad(logits_at_t))(params["embed"]["token"]["embedding"])
+  grad_LxD = grad_VxD[ids_1xL[0]]
+  assert np.all(np.asarray(grad_LxD[t + 1:]) == 0)
+  assert np.all(np.abs(np.asarray(grad_LxD[:t + 1])).sum(-1) > 0)  # the past does flow
+
+
+@pytest.mark.parametrize("kind", ["decoder", "encoder"])
+def test_packed_documents_match_running_alone(kind):
+  cfg, model, params = setup(**(GPT if kind == "decoder" else BERT))
+  a, b = random_ids((1, 5), 1), random_ids((1, 4), 2)
+  pad = jnp.zeros((1, 3), jnp.int32)
+  ids_1xL = jnp.concatenate([a, b, pad], 1)
+  segments_1xL = jnp.array([[1] * 5 + [2] * 4 + [0] * 3])
+  positions_1xL = jnp.array([list(range(5)) + list(range(4)) + [0] * 3])
+  packed = model(params, ids_1xL, attention_mask=segments_1xL > 0,
+                       segment_ids=segments_1xL, positions=positions_1xL)
+  alone_a = model(params, a)
+  alone_b = model(params, b)
+  field = "logits"
+  np.testing.assert_allclose(getattr(packed, field)[:, :5], getattr(alone_a, field), atol=2e-5)
+  np.testing.assert_allclose(getattr(packed, field)[:, 5:9], getattr(alone_b, field), atol=2e-5)
+
+
+def decode(model, params, cfg, ids_BxL, mask_BxL, prompt_len, max_len=16):
+  """Prompt in one chunk, then the rest one token at a time; logits B x L x V."""
+  cache = init_cache(cfg, ids_BxL.shape[0], max_len)
+  out = model(params, ids_BxL[:, :prompt_len], attention_mask=mask_BxL[:, :prompt_len], cache=cache)
+  logits = [out.logits]
+  for t in range(prompt_len, ids_BxL.shape[1]):
+    out = model(params, ids_BxL[:, t:t + 1], attention_mask=mask_BxL[:, t:t + 1], cache=out.cache)
+    logits.append(out.logits)
+  return jnp.concatenate(logits, 1)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_kv_cache_decoding_equals_full_forward(scan):
+  cfg, model, params = setup(**GPT)
+  if scan:
+    params = stack_layers(params, cfg.num_layers)
+    cfg = dataclasses.replace(cfg, scan_layers=True)
+    model = jitted(cfg)
+  ids_BxL = random_ids((2, 9))
+  mask_BxL = jnp.ones_like(ids_BxL)
+  full = model(params, ids_BxL).logits
+  np.testing.assert_allclose(decode(model, params, cfg, ids_BxL, mask_BxL, prompt_len=5), full, atol=2e-5)
+
+
+def test_kv_cache_left_padded_prompts_equal_each_prompt_alone():
+  cfg, model, params = setup(**GPT)
+  long, short, new = random_ids((1, 6), 1), random_ids((1, 3), 2), random_ids((2, 4), 3)
+  prompts_BxP = jnp.concatenate([long, jnp.concatenate([jnp.zeros((1, 3), jnp.int32), short], 1)])
+  ids_BxL = jnp.concatenate([prompts_BxP, new], 1)
+  mask_BxL = jnp.ones_like(ids_BxL).at[1, :3].set(0)  # row 1's prompt is left-padded by 3
+  got_BxLxV = decode(model, params, cfg, ids_BxL, mask_BxL, prompt_len=6)
+  for row, prompt in enumerate([long, short]):
+    alone = model(params, jnp.concatenate([prompt, new[row:row + 1]], 1)).logits[0]
+    np.testing.assert_allclose(got_BxLxV[row, -alone.shape[0]:], alone, atol=2e-5)
+
+
+@pytest.mark.parametrize("fields", [GPT, BERT], ids=["decoder", "encoder"])
+def test_scan_and_loop_layers_give_identical_outputs(fields):
+  cfg, model, params = setup(**fields)
+  ids_BxL = random_ids((2, 7))
+  loop = model(params, ids_BxL).logits
+  scan_cfg = dataclasses.replace(cfg, scan_layers=True)
+  scan = jitted(scan_cfg)(stack_layers(params, cfg.num_layers), ids_BxL).logits
+  np.testing.assert_allclose(scan, loop, atol=1e-5)
+  # Initializing with scan_layers gives the stacked layout directly.
+  shapes = jax.eval_shape(lambda: init_params(scan_cfg, jax.random.key(0)))
+  assert jax.tree.map(jnp.shape, shapes) == jax.tree.map(jnp.shape, stack_layers(params, cfg.num_layers))
+
+
+@pytest.mark.parametrize("scan,policies", [(False, REMAT), (True, ("none", "dots"))])
+def test_remat_policies_give_identical_outputs_and_gradients(scan, policies):
+  ids_BxL = random_ids((2, 7))
+  results = []
+  for remat in policies:
+    cfg, model, params = setup(**GPT, remat=remat, scan_layers=scan)
+
+    def loss(p, model=model):
+      return jnp.mean(model(p, ids_BxL).logits ** 2)
+    results.append(jax.jit(jax.value_and_grad(loss))(params))
+  for value, grads in results[1:]:
+    np.testing.assert_allclose(value, results[0][0], rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads, results[0][1])
+
+
+@pytest.mark.parametrize("fields", [GPT, BERT], ids=["decoder", "encoder"])
+def test_bf16_compute_keeps_fp32_params(fields):
+  cfg, model, params = setup(**fields, dtype="bfloat16")
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+  ids_BxL = random_ids((2, 7))
+  grads = jax.jit(jax.grad(lambda p: jnp.mean(model(p, ids_BxL).logits)))(params)
+  assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
+  out = model(params, ids_BxL)
+  assert out.logits.dtype == jnp.float32 and out.hidden.dtype == jnp.bfloat16
+  assert np.isfinite(np.asarray(out.logits)).all()
+  fp32 = jitted(dataclasses.replace(cfg, dtype="float32"))(params, ids_BxL).logits
+  assert np.abs(np.asarray(out.logits - fp32)).max() < 0.1 * np.abs(np.asarray(fp32)).max()
+
+
+OPTIONS = [dict(position="rotary"), dict(position="sinusoidal"), dict(activation="swiglu"),
+           dict(norm="rmsnorm"), dict(tie_embeddings=False), dict(activation="relu", use_bias=False),
+           dict(position="rotary", norm="rmsnorm", activation="swiglu", use_bias=False)]
+
+
+@pytest.mark.parametrize("fields", [GPT, BERT], ids=["decoder", "encoder"])
+@pytest.mark.parametrize("option", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_options_run(fields, option):
+  cfg, model, params = setup(**{**fields, **option})
+  out = model(params, random_ids((2, 7)))
+  assert out.logits.shape == (2, 7, cfg.vocab_size)
+  assert np.isfinite(np.asarray(out.logits)).all()
+  if not cfg.tie_embeddings:
+    assert "lm_head" in params or "decoder" in params["mlm_head"]
+
+
+def test_rotary_is_position_sensitive_and_shift_invariant():
+  """Without a position table, only rotary tells positions apart: an encoder's output
+  on permuted tokens is not the permuted output. Rotary sees relative offsets only,
+  so shifting every position by the same amount changes nothing."""
+  cfg, model, params = setup(**BERT, position="rotary")
+  ids_1xL = random_ids((1, 8))
+  perm = jnp.array([3, 1, 7, 0, 2, 6, 5, 4])
+  out = model(params, ids_1xL).hidden
+  permuted = model(params, ids_1xL[:, perm]).hidden
+  assert np.abs(np.asarray(permuted - out[:, perm])).max() > 1e-3
+  shifted = model(params, ids_1xL, positions=jnp.arange(8)[None] + 5).hidden
+  np.testing.assert_allclose(shifted, out, atol=1e-4)
+
+
+def test_encoder_ignores_tokens_at_padded_positions():
+  cfg, model, params = setup(**BERT)
+  ids_BxL = random_ids((2, 9))
+  mask_BxL = jnp.ones_like(ids_BxL).at[0, 6:].set(0).at[1, 3:].set(0)
+  other_BxL = jnp.where(mask_BxL == 1, ids_BxL, random_ids((2, 9), 7))
+  assert (other_BxL != ids_BxL).any()
+  a = model(params, ids_BxL, attention_mask=mask_BxL)
+  b = model(params, other_BxL, attention_mask=mask_BxL)
+  valid = np.asarray(mask_BxL, bool)
+  np.testing.assert_allclose(np.asarray(a.hidden)[valid], np.asarray(b.hidden)[valid], atol=1e-6)
+  np.testing.assert_allclose(a.nsp_logits, b.nsp_logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("section", [
+    dict(preset="bert-huge"), dict(preset="gpt-tiny", norm="batchnorm"),
+    dict(preset="gpt-tiny", position="alibi"), dict(preset="gpt-tiny", activation="tanh"),
+    dict(preset="gpt-tiny", num_heads=3), dict(preset="bert-tiny", heads=("mlm", "qa")),
+    dict(preset="gpt-tiny", heads=("nsp",)), dict(preset="gpt-tiny", position="rotary", hidden=36, num_heads=4),
+])
+def test_model_config_rejects_bad_choices(section):
+  with pytest.raises(ValueError):
+    model_config(section)
