@@ -314,6 +314,15 @@ class BatchIterator:
     self.batches = int(state["batches"])
 
 
+def reshard_state(states: list[dict], shard_index: int, shard_count: int) -> dict:
+  """Iterator state for shard `shard_index` of `shard_count`, from the states of a run with a
+  different process count: every shard continues after the furthest document any old shard
+  had reached. No document is read twice; the few in flight at the save are skipped."""
+  frontier = max(s["shard_index"] + s["doc"] * s["shard_count"] for s in states) + 1
+  return {**states[0], "shard_index": shard_index, "shard_count": shard_count,
+          "doc": -(-(frontier - shard_index) // shard_count), "offset": 0, "instance": 0}
+
+
 def make_iterator(kind: str, source, tokenizer, *, seq_len: int, batch_size: int, seed: int = 0,
                   shard_index: int = 0, shard_count: int = 1, train: bool = True, short_seq_prob: float = 0.1,
                   num_batches: int = 0) -> BatchIterator:
@@ -332,6 +341,9 @@ def make_iterator(kind: str, source, tokenizer, *, seq_len: int, batch_size: int
     rows = PairRows(stream, tokenizer, seq_len, seed=seed, short_seq_prob=short_seq_prob)
   elif kind == "classification":
     rows = ClassificationRows(stream, tokenizer, seq_len)
+  elif kind == "features":  # task rows built ahead (QA windows, prompt -> target): lmjax/data/tasks.py
+    from lmjax.data import tasks
+    rows = tasks.FeatureRows(stream)
   else:
     raise UserError(f"unknown batch kind {kind!r}; use 'clm', 'pairs' or 'classification'")
   identity = dict(kind=kind, seed=seed, shard_index=shard_index, shard_count=shard_count, seq_len=seq_len,
@@ -339,7 +351,8 @@ def make_iterator(kind: str, source, tokenizer, *, seq_len: int, batch_size: int
   return BatchIterator(rows, batch_size // shard_count, identity, num_batches)
 
 
-KIND_BY_OBJECTIVE = {"clm": "clm", "mlm": "pairs", "mlm_nsp": "pairs"}
+KIND_BY_OBJECTIVE = {"clm": "clm", "mlm": "pairs", "mlm_nsp": "pairs",
+                     "classify": "classification", "span": "features", "seq2seq": "features"}
 
 
 def iterator_from_config(cfg, tokenizer, split: str = "train", *, process_index: int = 0, process_count: int = 1,
@@ -352,7 +365,11 @@ def iterator_from_config(cfg, tokenizer, split: str = "train", *, process_index:
   if objective not in KIND_BY_OBJECTIVE:
     raise UserError(f"objective.name={objective!r} has no data pipeline; use one of {sorted(KIND_BY_OBJECTIVE)}")
   split_name = data.train_split if split == "train" else (data.eval_split if split == "eval" else split)
-  source = sources.source_from_config(data, split_name)
+  if objective in ("classify", "span", "seq2seq"):  # fine-tuning tasks read task files
+    from lmjax.data import tasks
+    source = tasks.source_from_config(cfg, split_name, tokenizer)
+  else:
+    source = sources.source_from_config(data, split_name)
   return make_iterator(KIND_BY_OBJECTIVE[objective], source, tokenizer, seq_len=data.seq_len,
                        batch_size=data.batch_size, seed=cfg.get("seed", 0), shard_index=process_index,
                        shard_count=process_count, train=split_name == data.train_split,

@@ -10,6 +10,8 @@ does nothing. A coordinator that cannot be reached is an error after
 from __future__ import annotations
 
 import os
+import socket
+import time
 
 import jax
 
@@ -36,6 +38,8 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     return
   # CPU devices exchange collectives through gloo (tests, laptops); accelerators ignore this.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if explicit and process_id != 0:
+    wait_for_coordinator(coordinator, timeout_s)
   try:
     if explicit:
       jax.distributed.initialize(coordinator, num_processes, process_id,
@@ -49,7 +53,41 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                     "is running and the address is reachable from this host") from None
 
 
+def wait_for_coordinator(coordinator: str, timeout_s: int) -> None:
+  """Polls HOST:PORT until it accepts a connection. JAX's client aborts the whole process
+  (a C++ fatal log, no Python exception) when the coordinator never answers, so we ask first."""
+  host, _, port = coordinator.rpartition(":")
+  deadline = time.monotonic() + timeout_s
+  while True:
+    try:
+      with socket.create_connection((host, int(port)), timeout=min(5.0, timeout_s)):
+        return
+    except (OSError, ValueError) as e:
+      if time.monotonic() > deadline:
+        raise UserError(f"could not join the process group at {coordinator} within {timeout_s}s "
+                        f"({type(e).__name__}: {e}); check that process 0 is running and the address "
+                        "is reachable from this host") from None
+    time.sleep(0.5)
+
+
 def barrier(name: str) -> None:
   """All processes reach this point before any goes on (e.g. process 0 wrote a file)."""
   from jax.experimental import multihost_utils
   multihost_utils.sync_global_devices(name)
+
+
+def allgather_json(obj) -> list:
+  """Every process's `obj` (JSON-able), in process order: e.g. each host's data iterator
+  state, which process 0 alone writes into the checkpoint."""
+  if jax.process_count() == 1:
+    return [obj]
+  import json
+
+  import numpy as np
+  from jax.experimental import multihost_utils
+  raw = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+  sizes = multihost_utils.process_allgather(np.array([raw.size], np.int32))
+  padded = np.zeros(int(np.max(sizes)), np.uint8)
+  padded[:raw.size] = raw
+  rows = multihost_utils.process_allgather(padded)
+  return [json.loads(bytes(row[:int(n)]).decode()) for row, n in zip(rows, np.ravel(sizes))]

@@ -271,7 +271,14 @@ def resume(mngr, state: TrainState, train_iter, mode: str):
   if found is None:
     return None
   step, params, opt_state, meta, data_state = found
-  train_iter.set_state(data_state)
+  states = data_state["processes"]
+  if len(states) == jax.process_count():
+    train_iter.set_state(states[jax.process_index()])
+  else:
+    print(f"lmjax train: checkpoint {step} was written by {len(states)} processes, this run has "
+          f"{jax.process_count()}; the data shards continue after the furthest document read",
+          file=sys.stderr)
+    train_iter.set_state(pipeline.reshard_state(states, jax.process_index(), jax.process_count()))
   restored = global_state.replace(step=np.int32(step), params=params, opt_state=opt_state,
                                   skipped=np.int32(meta.get("skipped", 0)))
   if mode == "pmap":
@@ -307,7 +314,9 @@ def start_from(state: TrainState, init_params, mode, mesh, model_cfg, tx) -> Tra
 def save(mngr, state, mode, step, rng, data_state, cfg, metrics):
   host = parallel.host_state(state, mode)
   meta = {"step": step, "skipped": int(host.skipped), "rng": checkpoint.rng_to_json(rng)}
-  checkpoint.save(mngr, step, host.params, host.opt_state, meta, data_state, cfg.to_dict(), metrics)
+  # Process 0 writes the JSON items, so it saves every host's position in its data shard.
+  data_states = {"processes": distributed.allgather_json(data_state)}
+  checkpoint.save(mngr, step, host.params, host.opt_state, meta, data_states, cfg.to_dict(), metrics)
 
 
 def evaluate(run: Run, cfg, params, eval_step, rng, split: str = "eval", num_batches: int = 0) -> dict:
@@ -404,6 +413,10 @@ def evaluate_cli(workdir, split: str = "validation", data: str | None = None) ->
   if "objective" not in cfg:
     raise UserError(f"{workdir} was not trained by lmjax train (no objective in its config.json)")
   cfg.parallel.mode = "jit"
+  if data is not None and cfg.objective.name in ("classify", "span", "seq2seq"):
+    from lmjax.training import finetune  # a task file: the task's own scores (accuracy and F1, EM, ROUGE)
+    print(json.dumps({k: round(v, 6) for k, v in finetune.evaluate_task(cfg, workdir, data=data).items()}))
+    return
   run = setup(cfg, workdir)
   params = checkpoint.restore_params(workdir)
   eval_fn = functools.partial(steps.eval_step, model=run.model, objective=run.objective, settings=run.settings)
