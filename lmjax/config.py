@@ -24,7 +24,7 @@ DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "experiments" 
 
 # Fields whose values come from a fixed set; checked with the override, before compiling.
 CHOICES = {
-    "objective.name": ("clm", "mlm", "mlm_nsp"),
+    "objective.name": ("clm", "mlm", "mlm_nsp", "classify", "span", "seq2seq"),
     "optim.name": ("adamw", "adafactor", "lion"),
     "optim.schedule": ("linear", "cosine", "inverse_sqrt", "constant"),
     "parallel.mode": ("jit", "pmap", "mesh"),

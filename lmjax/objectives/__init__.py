@@ -9,13 +9,16 @@ See common.py for the two functions every objective provides.
 from __future__ import annotations
 
 from lmjax.errors import UserError
-from lmjax.objectives import clm, mlm, nsp
+from lmjax.objectives import classify, clm, mlm, nsp, seq2seq, span
 from lmjax.objectives.common import Objective, Settings, cross_entropy_sums
 
 OBJECTIVES = {
     "clm": clm.OBJECTIVE,
     "mlm": mlm.OBJECTIVE,
     "mlm_nsp": nsp.OBJECTIVE,   # BERT's joint MLM + NSP loss
+    "classify": classify.OBJECTIVE,   # fine-tuning: sentence classification on [CLS]
+    "span": span.OBJECTIVE,           # fine-tuning: extractive QA
+    "seq2seq": seq2seq.OBJECTIVE,     # fine-tuning: decoder prompt -> target
 }
 
 

@@ -77,8 +77,50 @@ def make_optimizer(name: str, lr: float, schedule: str = "cosine", warmup_steps:
   return tx, lr_fn
 
 
+ENCODER_PARTS = ("embed", "embed_norm", "stack", "final_norm")  # the pretrained body; the rest are task heads
+
+
+def _name(key) -> str:
+  return str(getattr(key, "key", getattr(key, "name", key)))
+
+
+def scale_by_layer(layer_decay: float = 1.0, freeze_encoder: bool = False) -> optax.GradientTransformation:
+  """Fine-tuning: multiplies each update by decay ** depth, where depth is 0 for the heads (and the
+  final norm), N - i for layer i of N, N + 1 for the embeddings (ELECTRA's layer-wise decay); with
+  freeze_encoder, the body's updates are 0 and only the heads (pooler, classifier) train.
+  Scanned layers (one stacked array, layer first) get one factor per slice."""
+  def update(updates, state, params=None):
+    del params
+    leaves = jax.tree_util.tree_leaves_with_path(updates)
+    layer_ids = [int(_name(k)[6:]) for p, _ in leaves for k in p if _name(k).startswith("layer_")]
+    stacked = [u.shape[0] for p, u in leaves if any(_name(k) == "layers" for k in p)]
+    n = max(layer_ids, default=-1) + 1 or max(stacked, default=0)
+
+    def scale(path, u):
+      part = _name(path[0])
+      if part not in ENCODER_PARTS or part == "final_norm":
+        return u
+      if freeze_encoder:
+        return jnp.zeros_like(u)
+      names = [_name(k) for k in path]
+      if "layers" in names:
+        factor = (layer_decay ** (n - jnp.arange(n))).reshape((n,) + (1,) * (u.ndim - 1))
+      else:
+        layer = next((int(k[6:]) for k in names if k.startswith("layer_")), -1)
+        factor = layer_decay ** (n - layer)   # embeddings (layer -1): one step below layer 0
+      return u * jnp.asarray(factor, u.dtype)
+    return jax.tree_util.tree_map_with_path(scale, updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def optimizer_from_config(c_optim, total_steps: int):
-  """The optim section of an experiment config -> (tx, lr_fn); grad_accum is the step's."""
-  return make_optimizer(c_optim.name, c_optim.lr, c_optim.schedule, c_optim.warmup_steps,
-                        total_steps, c_optim.end_lr_ratio, c_optim.weight_decay, c_optim.b1,
-                        c_optim.b2, c_optim.eps, c_optim.clip_norm)
+  """The optim section of an experiment config -> (tx, lr_fn); grad_accum is the step's.
+  Fine-tuning configs may add layer_decay (< 1 shrinks lower layers' steps) and freeze_encoder."""
+  tx, lr_fn = make_optimizer(c_optim.name, c_optim.lr, c_optim.schedule, c_optim.warmup_steps,
+                             total_steps, c_optim.end_lr_ratio, c_optim.weight_decay, c_optim.b1,
+                             c_optim.b2, c_optim.eps, c_optim.clip_norm)
+  layer_decay, freeze = c_optim.get("layer_decay", 1.0), c_optim.get("freeze_encoder", False)
+  if layer_decay != 1.0 or freeze:
+    tx = optax.chain(tx, scale_by_layer(layer_decay, freeze))
+  return tx, lr_fn
