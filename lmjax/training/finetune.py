@@ -72,6 +72,7 @@ def finetune(cfg, init, workdir) -> dict:
   if "model" not in init_cfg:
     raise UserError(f"--init {init}: its config.json has no model section")
   cfg = task_config(cfg, init_cfg["model"], init)
+  loop.check_workdir(workdir, cfg)
   copy_tokenizer(init, workdir)
   params = checkpoint.restore_params(init)
   loop.train(cfg, workdir, init_params=params)
