@@ -319,11 +319,12 @@ def save(mngr, state, mode, step, rng, data_state, cfg, metrics):
   checkpoint.save(mngr, step, host.params, host.opt_state, meta, data_states, cfg.to_dict(), metrics)
 
 
-def evaluate(run: Run, cfg, params, eval_step, rng, split: str = "eval", num_batches: int = 0) -> dict:
-  """Token-weighted means over the eval split (cfg.train.eval_batches batches, or all)."""
+def evaluate(run: Run, cfg, params, eval_step, rng, split: str = "eval", num_batches: int | None = None) -> dict:
+  """Token-weighted means over `num_batches` batches of a split (default cfg.train.eval_batches;
+  0 = one whole pass, single-process only: hosts' shards could end at different batches)."""
   it = pipeline.iterator_from_config(cfg, run.tokenizer, split, process_index=jax.process_index(),
                                      process_count=jax.process_count(),
-                                     num_batches=num_batches or cfg.train.eval_batches)
+                                     num_batches=cfg.train.eval_batches if num_batches is None else num_batches)
   eval_rng = jax.random.fold_in(rng, 2 ** 31 - 1)   # fixed masks: evaluations compare like with like
   return mean_metrics(eval_step(params, parallel.put_batch(b, run.mode, run.mesh), eval_rng) for b in it)
 
@@ -423,7 +424,7 @@ def evaluate_cli(workdir, split: str = "validation", data: str | None = None) ->
   eval_step = jax.jit(eval_fn)
   rng = jax.random.key(cfg.seed)
   if data is None:
-    metrics = evaluate(run, cfg, params, eval_step, rng, split=split, num_batches=10 ** 9)
+    metrics = evaluate(run, cfg, params, eval_step, rng, split=split, num_batches=0)
   else:
     metrics = evaluate_file(run, cfg, params, eval_step, rng, data)
   print(json.dumps({k: round(v, 6) for k, v in metrics.items()}))
