@@ -13,6 +13,6 @@ def get_config():
   c.model = model_section("gpt-tiny", vocab_size=4096, max_len=128, dropout_rate=0.0,
                           attention_dropout_rate=0.0)
   c.tokenizer.vocab_size = 4096
-  c.optim.update(lr=2e-3, warmup_steps=80, weight_decay=0.1, b2=0.95)
-  c.train.update(steps=800, eval_every=400, checkpoint_every=200)
+  c.optim.update(lr=2e-3, warmup_steps=50, weight_decay=0.1, b2=0.95)
+  c.train.update(steps=500, eval_every=250, checkpoint_every=250)
   return c
