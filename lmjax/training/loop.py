@@ -135,11 +135,12 @@ def train(cfg, workdir, *, init_params=None, coordinator=None, num_processes=Non
   mode = cfg.parallel.mode
   mesh = parallel.mesh_from_config(cfg.parallel)
   parallel.check_batch_size(cfg.data.batch_size, mode, mesh, cfg.optim.grad_accum)
-  if jax.process_index() == 0:
-    checkpoint.write_config(workdir, cfg.to_dict())
   run = setup(cfg, workdir, train_tokenizer=True)
   t = cfg.train
   tx, schedule = optim.optimizer_from_config(cfg.optim, t.steps)
+  if jax.process_index() == 0:
+    # Written once the config has proved valid, so a failed start leaves nothing to disagree with.
+    checkpoint.write_config(workdir, cfg.to_dict())
   rng = jax.random.key(cfg.seed)
 
   step_fn = functools.partial(steps.train_step, model=run.model, objective=run.objective,
