@@ -57,8 +57,9 @@ class Run:
   mesh: object
 
 
-def setup(cfg, workdir, train_tokenizer: bool = False) -> Run:
-  """Reads the config once, at the edge: tokenizer, model, objective, parallelism."""
+def setup(cfg, workdir, mesh=None, train_tokenizer: bool = False) -> Run:
+  """Reads the config once, at the edge: tokenizer, model, objective; `mesh` is the one the
+  caller built for parallel.mode=mesh."""
   if train_tokenizer and jax.process_index() == 0 and not tokenizers.has_tokenizer(str(workdir)):
     tokenizers.train_from_config(cfg, str(workdir))
   if train_tokenizer and jax.process_count() > 1:
@@ -70,9 +71,7 @@ def setup(cfg, workdir, train_tokenizer: bool = False) -> Run:
   specials = tuple(i for i in tok.special_ids if i is not None)
   settings = objectives.Settings(**cfg.objective, mask_id=tok.mask_id if tok.mask_id is not None else -1,
                                  special_ids=specials, vocab_size=tok.vocab_size)
-  mode = cfg.parallel.mode
-  mesh = parallel.mesh_from_config(cfg.parallel)
-  return Run(cfg, tok, model_cfg, models.build(model_cfg), objective, settings, mode, mesh)
+  return Run(cfg, tok, model_cfg, models.build(model_cfg), objective, settings, cfg.parallel.mode, mesh)
 
 
 def check_workdir(workdir: pathlib.Path, cfg) -> None:
@@ -135,7 +134,7 @@ def train(cfg, workdir, *, init_params=None, coordinator=None, num_processes=Non
   mode = cfg.parallel.mode
   mesh = parallel.mesh_from_config(cfg.parallel)
   parallel.check_batch_size(cfg.data.batch_size, mode, mesh, cfg.optim.grad_accum)
-  run = setup(cfg, workdir, train_tokenizer=True)
+  run = setup(cfg, workdir, mesh, train_tokenizer=True)
   t = cfg.train
   tx, schedule = optim.optimizer_from_config(cfg.optim, t.steps)
   if jax.process_index() == 0:
