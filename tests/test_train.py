@@ -190,6 +190,25 @@ def test_sigterm_saves_and_resume_equals_straight_run(straight_run, tmp_path, da
 
 
 @pytest.mark.slow
+def test_sigterm_right_after_a_scheduled_save_exits_cleanly(tmp_path, data_dir):
+  # With a checkpoint every step the signal always lands on a step that is already saved.
+  workdir = tmp_path / "signal_saved"
+  proc = run_cli("train", "--workdir", str(workdir), *TINY, f"--config.data.data_dir={data_dir}",
+                 "--config.train.checkpoint_every=1", "--config.train.steps=200")
+  ckpts = workdir / "checkpoints"
+  deadline = time.time() + 240
+  while time.time() < deadline and not (ckpts.exists() and len([p for p in ckpts.iterdir() if p.name.isdigit()]) >= 2):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=240)
+  assert proc.returncode == 0, err
+  assert "stopped by SIGTERM" in err, err
+  stop_step = int(err.split("stopped by SIGTERM at step ")[1].split(";")[0])
+  stopped = checkpoint.restore_latest(checkpoint.open_manager(workdir, keep=10), *restore_targets(workdir, 0))
+  assert stopped[0] == stop_step
+
+
+@pytest.mark.slow
 def test_kill_9_leaves_a_restorable_checkpoint(straight_run, tmp_path, data_dir):
   reference, _ = straight_run
   workdir = tmp_path / "kill9"
