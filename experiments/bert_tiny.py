@@ -3,10 +3,10 @@
 BERT pretraining as in Devlin et al. (2019) -- masked LM (15%, 80/10/10) plus
 next-sentence prediction, summed -- with a 2-layer, 128-wide post-LN encoder
 (Turc et al.'s BERT-tiny shape) on the embedded offline corpus, seq 128, batch 32.
-About 0.33 s a step on 2 CPU cores (~11 minutes). Measured with --config.train.steps=1500:
-validation NSP accuracy 0.51 / 0.57 / 0.58 at steps 500 / 1000 / 1500 (NSP loss 0.697 ->
-0.666), masked-token accuracy 0.12 -> 0.135. NSP is learned slowly on this small corpus,
-whose validation split holds only ~95 pairs.
+About 0.27 s a step on 2 CPU cores (14 minutes for the 3,000 steps). Measured: validation NSP
+accuracy 0.52 / 0.62 / 0.62 / 0.63 / 0.58 / 0.64 at steps 500 ... 3,000 on the 374 validation
+pairs (chance is 0.5; one standard error is 0.025), NSP loss 0.692 -> 0.670, masked-token
+accuracy 0.138 -> 0.161.
 """
 from lmjax.config import base_config, model_section
 
@@ -18,5 +18,5 @@ def get_config():
   c.data.batch_size = 32
   c.objective.update(name="mlm_nsp", max_predictions=20)
   c.optim.update(lr=1e-3, warmup_steps=100, weight_decay=0.01)
-  c.train.update(steps=2000, eval_every=500, checkpoint_every=500, samples=0)
+  c.train.update(steps=3000, eval_every=500, checkpoint_every=1000, samples=0)
   return c

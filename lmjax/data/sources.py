@@ -40,7 +40,7 @@ from lmjax.errors import UserError
 
 DEFAULT_DATA_DIR = os.path.expanduser(os.environ.get("LMJAX_DATA_DIR", "~/.cache/lmjax/tfds"))
 BUILDER_NAME = "lmjax_text"
-VALIDATION_PER_MILLE = 15      # documents hashed into validation: ~1.5%, at least one
+VALIDATION_PER_MILLE = 50      # documents hashed into validation: ~5%, at least one
 MAX_LINE_CHARS = 100_000       # longer lines are cut; sentence splitting and tokenizer training need bounded lines
 FORMAT_VERSION = 1             # bump when the way documents are read changes, so old builds are not reused
 
