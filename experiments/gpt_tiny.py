@@ -2,9 +2,9 @@
 
 A 4-layer, 256-wide GPT (pre-LN, tied embeddings, 4k-piece unigram tokenizer) on the
 embedded offline corpus (CPython's own documentation), causal LM, seq 128, batch 16.
-7 minutes on 2 CPU cores from a fresh clone (measured: 6m57s, 2,500-2,800 tokens/s);
-validation perplexity 178 against the tokenizer's unigram baseline of 459 (both are
-printed), followed by three samples.
+7 minutes on 2 CPU cores from a fresh clone (measured: 7m20s with the install,
+2,700-3,200 tokens/s); validation perplexity 191 against the tokenizer's unigram
+baseline of 442 (both are printed), followed by three samples.
 """
 from lmjax.config import base_config, model_section
 
