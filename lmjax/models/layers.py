@@ -204,12 +204,17 @@ class Attention(nn.Module):
     new_cache = None
     if cache is not None:
       # Write this chunk's keys/values at the cache cursor; attend over all S slots.
-      k_cache_BxSxHxK, v_cache_BxSxHxK, index = cache
-      k_BxLxHxK = jax.lax.dynamic_update_slice(k_cache_BxSxHxK, k_BxLxHxK.astype(k_cache_BxSxHxK.dtype),
-                                               (0, index, 0, 0))
-      v_BxLxHxK = jax.lax.dynamic_update_slice(v_cache_BxSxHxK, v_BxLxHxK.astype(v_cache_BxSxHxK.dtype),
-                                               (0, index, 0, 0))
-      new_cache = (k_BxLxHxK, v_BxLxHxK)
+      k_cache, v_cache, index, layer = cache
+      k_new, v_new = k_BxLxHxK.astype(k_cache.dtype), v_BxLxHxK.astype(v_cache.dtype)
+      if layer is None:  # this layer's B x S x H x K slab (a scanned stack hands each layer its own)
+        k_BxLxHxK = jax.lax.dynamic_update_slice(k_cache, k_new, (0, index, 0, 0))
+        v_BxLxHxK = jax.lax.dynamic_update_slice(v_cache, v_new, (0, index, 0, 0))
+        new_cache = (k_BxLxHxK, v_BxLxHxK)
+      else:  # every layer's N x B x S x H x K cache: write only the new slots, in place
+        k_cache = jax.lax.dynamic_update_slice(k_cache, k_new[None], (layer, 0, index, 0, 0))
+        v_cache = jax.lax.dynamic_update_slice(v_cache, v_new[None], (layer, 0, index, 0, 0))
+        k_BxLxHxK, v_BxLxHxK = k_cache[layer], v_cache[layer]
+        new_cache = (k_cache, v_cache)
 
     dropout_rng = None
     if not deterministic and cfg.attention_dropout_rate > 0:
@@ -293,7 +298,9 @@ class Stack(nn.Module):
   """N blocks, as a Python loop (params `layer_0..`) or one `nn.scan` (params `layers`,
   stacked on a leading N axis: compile time stays flat in depth).
 
-  cache: None, or (k_NxBxSxHxK, v_NxBxSxHxK, index) for incremental decoding.
+  cache: None, or (k_NxBxSxHxK, v_NxBxSxHxK, index) for incremental decoding. The loop
+  passes every layer the whole cache and its index, so a step writes only its new slots
+  (slicing out and re-stacking N x B x S x H x K per token made batched decoding slow).
   """
   cfg: TransformerConfig
 
@@ -305,7 +312,7 @@ class Stack(nn.Module):
       block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], static_argnums=(4,))
     if cfg.scan_layers:
       def body(layer, x, kv):
-        layer_cache = None if kv is None else (kv[0], kv[1], cache[2])
+        layer_cache = None if kv is None else (kv[0], kv[1], cache[2], None)
         x, new_kv = layer(x, mask_Bx1xLxS, positions_BxL, deterministic, layer_cache)
         return x, new_kv
       scanned = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
@@ -313,15 +320,11 @@ class Stack(nn.Module):
       kv = None if cache is None else (cache[0], cache[1])
       x_BxLxD, new_kv = scanned(block(cfg, name="layers"), x_BxLxD, kv)
     else:
-      new_k, new_v = [], []
+      new_kv = None if cache is None else (cache[0], cache[1])
       for i in range(cfg.num_layers):
-        layer_cache = None if cache is None else (cache[0][i], cache[1][i], cache[2])
-        x_BxLxD, kv = block(cfg, name=f"layer_{i}")(x_BxLxD, mask_Bx1xLxS, positions_BxL,
-                                                    deterministic, layer_cache)
-        if kv is not None:
-          new_k.append(kv[0])
-          new_v.append(kv[1])
-      new_kv = (jnp.stack(new_k), jnp.stack(new_v)) if cache is not None else None
+        layer_cache = None if cache is None else (*new_kv, cache[2], i)
+        x_BxLxD, new_kv = block(cfg, name=f"layer_{i}")(x_BxLxD, mask_Bx1xLxS, positions_BxL,
+                                                        deterministic, layer_cache)
     return x_BxLxD, new_kv
 
 
