@@ -172,7 +172,7 @@ def train(cfg, workdir, *, init_params=None, coordinator=None, num_processes=Non
   pending = None          # (step, metrics on device): read one step late so the device stays busy
   eval_metrics = {}
   clock = Clock(step, tokens_per_step, flops_per_token, peak * devices)
-  saved_step = step
+  saved_step = step if start is not None else None  # a resumed step is on disk already
   try:
     while step < t.steps and preempt.signal is None:
       batch = parallel.put_batch(next(train_iter), mode, mesh)
