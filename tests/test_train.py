@@ -120,6 +120,19 @@ def test_corrupt_latest_checkpoint_is_skipped(straight_run, tmp_path, data_dir, 
   assert "checkpoint 8" in capfd.readouterr().err
 
 
+def test_training_on_past_an_unreadable_checkpoint_rewrites_it(tmp_path, data_dir):
+  workdir = tmp_path / "rewrite"
+  loop.train(tiny(data_dir, "--config.train.steps=8"), workdir)
+  written = params_of(workdir)
+  for f in (workdir / "checkpoints" / "8" / "params").rglob("*"):
+    if f.is_file() and f.stat().st_size > 0 and "ocdbt" not in f.name and f.suffix != ".json":
+      f.write_bytes(b"garbage")
+  # Resumes from 6 and reaches 8 again: the step on disk must not block the new save.
+  loop.train(tiny(data_dir, "--config.train.steps=8"), workdir)
+  assert checkpoint.restore_latest(checkpoint.open_manager(workdir, keep=10), *restore_targets(workdir, 0))[0] == 8
+  assert_trees_equal(params_of(workdir), written)
+
+
 def restore_targets(workdir, step):
   from lmjax.training import optim, state as state_lib
   from lmjax import models

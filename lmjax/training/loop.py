@@ -271,6 +271,10 @@ def resume(mngr, state: TrainState, train_iter, mode: str):
   else:
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), global_state)
   found = checkpoint.restore_latest(mngr, target.params, target.opt_state)
+  for unreadable in [s for s in mngr.all_steps() if found is None or s > found[0]]:
+    # restore_latest skipped these; training writes each again exactly, and orbax will not save over one.
+    print(f"lmjax train: removing unreadable checkpoint {unreadable}", file=sys.stderr)
+    mngr.delete(unreadable)
   if found is None:
     return None
   step, params, opt_state, meta, data_state = found
