@@ -172,7 +172,6 @@ def train(cfg, workdir, *, init_params=None, coordinator=None, num_processes=Non
   pending = None          # (step, metrics on device): read one step late so the device stays busy
   eval_metrics = {}
   clock = Clock(step, tokens_per_step, flops_per_token, peak * devices)
-  saved_step = step if start is not None else None  # a resumed step is on disk already
   try:
     while step < t.steps and preempt.signal is None:
       batch = parallel.put_batch(next(train_iter), mode, mesh)
@@ -193,12 +192,11 @@ def train(cfg, workdir, *, init_params=None, coordinator=None, num_processes=Non
         clock.pause()
       if at_eval or step % t.checkpoint_every == 0:
         save(mngr, state, mode, step, rng, data_state, cfg, eval_metrics if at_eval else None)
-        saved_step = step
         clock.pause()
     if pending is not None:
       report(pending, t, writer, progress, schedule, clock)
     if preempt.signal is not None:
-      if saved_step != step:  # the signal may land just after a scheduled save of this very step
+      if step not in mngr.all_steps():  # the signal may land just after a scheduled save of this very step
         save(mngr, state, mode, step, rng, train_iter.get_state(), cfg, None)
       mngr.wait_until_finished()
       progress.close()
