@@ -9,7 +9,7 @@ import pytest
 
 from lmjax.models import (PRESETS, TransformerConfig, build, init_cache, init_params, model_config,
                           param_count, stack_layers)
-from lmjax.models.layers import REMAT
+from lmjax.models.layers import REMAT, materialize_grad
 
 TINY = dict(vocab_size=61, hidden=32, num_layers=2, num_heads=4, mlp_dim=64, max_len=32,
             dropout_rate=0.0, attention_dropout_rate=0.0, init_std=0.2)
@@ -151,6 +151,22 @@ def test_remat_policies_give_identical_outputs_and_gradients(scan, policies):
   for value, grads in results[1:]:
     np.testing.assert_allclose(value, results[0][0], rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads, results[0][1])
+
+
+def test_materialize_grad_is_the_identity_and_survives_compilation():
+  # Bit-identical values and gradients (NaN, inf and -0 included), and the conditional that
+  # keeps XLA:CPU from re-fusing the gradient is still in the optimised program.
+  x_N = jnp.array([1.5, -0.0, jnp.inf, jnp.nan, -3.0])
+  w_N = jnp.array([2.0, -1.0, 0.5, 1.0, jnp.nan])
+
+  def f(x, barrier):
+    return jnp.sum(w_N * jnp.tanh(materialize_grad(x) if barrier else x))
+  for x in (x_N, x_N[::-1]):   # the predicate reads element 0: finite first, NaN first
+    got, want = jax.jit(jax.grad(f), static_argnums=1)(x, True), jax.grad(f)(x, False)
+    np.testing.assert_array_equal(np.asarray(got).view(np.uint32), np.asarray(want).view(np.uint32))
+    np.testing.assert_array_equal(np.asarray(materialize_grad(x)).view(np.uint32), np.asarray(x).view(np.uint32))
+  hlo = jax.jit(jax.grad(f), static_argnums=1).lower(x_N, True).compile().as_text()
+  assert ("conditional(" in hlo) == (jax.default_backend() == "cpu")
 
 
 @pytest.mark.parametrize("fields", [GPT, BERT], ids=["decoder", "encoder"])

@@ -15,7 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmjax.models.layers import Embed, Norm, Stack, TransformerConfig, make_attention_mask, dense_init
+from lmjax.models.layers import (Embed, Norm, Stack, TransformerConfig, make_attention_mask, dense_init,
+                                 materialize_grad)
 
 
 @flax.struct.dataclass
@@ -76,6 +77,7 @@ class Decoder(nn.Module):
       logits_BxLxV = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype,
                               param_dtype=cfg.param_dtype,
                               kernel_init=dense_init(cfg, "embed", "vocab"), name="lm_head")(x_BxLxD)
+    logits_BxLxV = materialize_grad(logits_BxLxV)  # its gradient feeds two matmuls: compute it once
     new_cache = None
     if cache is not None:
       new_cache = {"k": new_kv[0], "v": new_kv[1], "valid": key_valid_BxS, "index": cache["index"] + L}
