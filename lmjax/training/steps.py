@@ -81,12 +81,14 @@ def train_step(state, batch, rng, *, model, objective, settings, tx, grad_accum:
   loss = sum(term["loss"] for term in means.values())
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  keep = lambda new, old: jnp.where(finite, new, old)
-  new_state = state.replace(step=state.step + 1,
-                            params=jax.tree.map(keep, params, state.params),
-                            opt_state=jax.tree.map(keep, opt_state, state.opt_state),
+
+  def update(_):
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    return optax.apply_updates(state.params, updates), opt_state
+  # A skipped step keeps params and optimizer state. A cond, not a where over every leaf:
+  # the where made XLA copy the donated moments each step to read them twice (2% on CPU).
+  params, opt_state = jax.lax.cond(finite, update, lambda _: (state.params, state.opt_state), None)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                             skipped=state.skipped + (~finite).astype(jnp.int32))
   metrics = {**objective.report(means), "grad_norm": grad_norm,
              "nonfinite": (~finite).astype(jnp.int32), "skipped": new_state.skipped,
