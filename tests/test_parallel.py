@@ -132,6 +132,27 @@ def test_mesh_fsdp8_matches_jit(reference):
   assert_same(run(kind, "mesh", (1, 8, 1)), want)
 
 
+@pytest.mark.parametrize("mode", ["jit", "pmap", "mesh"])
+def test_nonfinite_step_leaves_params_and_moments_untouched(mode):
+  cfg, tx, step_fn = setup("clm")
+  mesh = parallel.make_mesh(2, 2, 2) if mode == "mesh" else None
+  state = parallel.create_state(mode, cfg, tx, jax.random.key(0), mesh)
+  step = parallel.compile_train_step(step_fn, mode, state, mesh)
+  rng = jax.random.key(1)
+  state, _ = step(state, parallel.put_batch(batch("clm", 0), mode, mesh), rng)  # moments now nonzero
+  before = jax.tree.map(np.asarray, parallel.host_state(state, mode))
+  # A NaN in one embedding row poisons the loss of every row that reads it.
+  poisoned = jax.tree.map(np.array, before.params)
+  poisoned["embed"]["token"]["embedding"][10] = np.nan
+  state = parallel.place_state(before.replace(params=poisoned), mode, mesh, cfg, tx)
+  state, metrics = step(state, parallel.put_batch(batch("clm", 1), mode, mesh), rng)
+  after = jax.tree.map(np.asarray, parallel.host_state(state, mode))
+  assert int(np.asarray(metrics["nonfinite"]).ravel()[0]) == 1 and int(np.asarray(after.skipped).ravel()[0]) == 1
+  bits = lambda a: np.atleast_1d(a).view(np.uint8)  # NaN == NaN, bit for bit
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(bits(a), bits(b)),
+               (after.params, after.opt_state), (poisoned, before.opt_state))
+
+
 def test_grad_accumulation_equals_one_big_batch():
   # mlm_nsp has two loss terms with different denominators (masked tokens, rows):
   # both must be normalised over all four micro-batches, not per micro-batch.
