@@ -1,6 +1,7 @@
 """Model properties on tiny configs: parameter counts, causality by gradients, packing,
 the KV cache, scan/loop and remat equivalence, mixed precision, options, padding."""
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ import pytest
 
 from lmjax.models import (PRESETS, TransformerConfig, build, init_cache, init_params, model_config,
                           param_count, stack_layers)
-from lmjax.models.layers import QUERY_BLOCK, REMAT, materialize_grad
+from lmjax.models.layers import QUERY_BLOCK, REMAT, dense_dot_general, materialize_grad
 
 TINY = dict(vocab_size=61, hidden=32, num_layers=2, num_heads=4, mlp_dim=64, max_len=32,
             dropout_rate=0.0, attention_dropout_rate=0.0, init_std=0.2)
@@ -192,6 +193,31 @@ def test_materialize_grad_is_the_identity_and_survives_compilation():
     np.testing.assert_array_equal(np.asarray(materialize_grad(x)).view(np.uint32), np.asarray(x).view(np.uint32))
   hlo = jax.jit(jax.grad(f), static_argnums=1).lower(x_N, True).compile().as_text()
   assert ("conditional(" in hlo) == (jax.default_backend() == "cpu")
+
+
+@pytest.mark.parametrize("x_shape, w_shape, contract", [
+    ((4, 16, 32), (32, 48), ((2,), (0,))),            # Dense
+    ((4, 16, 32), (32, 4, 8), ((2,), (0,))),          # DenseGeneral to heads (q, k, v)
+    ((4, 16, 4, 8), (4, 8, 32), ((2, 3), (0, 1))),    # DenseGeneral from heads (out)
+    ((16, 32), (48, 32), ((1,), (1,))),               # another form: lax.dot_general as is
+], ids=["dense", "to_heads", "from_heads", "other"])
+def test_dense_dot_general_is_lax_dot_general_with_weight_gradients_on_the_fast_path(x_shape, w_shape,
+                                                                                    contract):
+  x = jax.random.normal(jax.random.key(0), x_shape)
+  w = jax.random.normal(jax.random.key(1), w_shape)
+  dims = (contract, ((), ()))
+
+  def loss(dot):
+    return jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(jnp.tanh(dot(x, w, dims))), argnums=(0, 1)))
+  got, want = loss(dense_dot_general)(x, w), loss(jax.lax.dot_general)(x, w)
+  for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
+  # The point of it: on CPU no matmul is left that contracts its lhs's major axis (XLA:CPU's
+  # slow path); the form it passes through keeps one, which shows the check can see it.
+  hlo = loss(dense_dot_general).lower(x, w).compile().as_text()
+  major = any("0" in dims.split(",") for dims in re.findall(r"lhs_contracting_dims=\{([0-9,]*)\}", hlo))
+  if jax.default_backend() == "cpu":
+    assert major == (contract[1][0] != 0)
 
 
 @pytest.mark.parametrize("fields", [GPT, BERT], ids=["decoder", "encoder"])

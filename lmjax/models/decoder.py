@@ -15,8 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmjax.models.layers import (Embed, Norm, Stack, TransformerConfig, make_attention_mask, dense_init,
-                                 materialize_grad)
+from lmjax.models.layers import (Embed, Norm, Stack, TransformerConfig, dense_dot_general, dense_init,
+                                 make_attention_mask, materialize_grad)
 
 
 @flax.struct.dataclass
@@ -76,7 +76,8 @@ class Decoder(nn.Module):
     else:
       logits_BxLxV = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype,
                               param_dtype=cfg.param_dtype,
-                              kernel_init=dense_init(cfg, "embed", "vocab"), name="lm_head")(x_BxLxD)
+                              kernel_init=dense_init(cfg, "embed", "vocab"),
+                              dot_general=dense_dot_general, name="lm_head")(x_BxLxD)
     logits_BxLxV = materialize_grad(logits_BxLxV)  # its gradient feeds two matmuls: compute it once
     new_cache = None
     if cache is not None:
