@@ -91,9 +91,10 @@ def test_packed_documents_match_running_alone(kind):
 
 
 def test_einsum_attention_with_causal_query_blocks_equals_jax_nn():
-  # seq 512 splits the queries into 2 blocks that skip keys past their last row; packed
+  # seq 512 splits the queries into blocks that skip keys past their last row; packed
   # documents with padding, values and gradients against jax.nn.dot_product_attention.
-  L = 2 * QUERY_BLOCK
+  L = 512
+  assert L % QUERY_BLOCK == 0 and L // QUERY_BLOCK >= 2
   segments_1xL = jnp.array([[1] * 200 + [2] * 250 + [0] * (L - 450)])
   positions_1xL = jnp.array([list(range(200)) + list(range(250)) + [0] * (L - 450)])
   ids_1xL = random_ids((1, L)) * (segments_1xL > 0)
