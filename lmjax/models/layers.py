@@ -252,8 +252,8 @@ class Attention(nn.Module):
   def __call__(self, x_BxLxD, mask_Bx1xLxS, positions_BxL, deterministic: bool, cache=None):
     cfg = self.cfg
     proj = functools.partial(nn.DenseGeneral, features=(cfg.num_heads, cfg.head_dim),
-                             dot_general=dense_dot_general, use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
-                             param_dtype=cfg.param_dtype,
+                             use_bias=cfg.use_bias, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype,
+                             dot_general=dense_dot_general,
                              kernel_init=dense_init(cfg, "embed", "heads", "kv"),
                              bias_init=zeros_init("heads", "kv"))
     q_BxLxHxK = proj(name="query")(x_BxLxD)
@@ -283,8 +283,8 @@ class Attention(nn.Module):
       dropout_rng = self.make_rng("dropout")
     y_BxLxHxK = dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask_Bx1xLxS, cfg,
                                       dropout_rng, causal=cfg.causal and cache is None)
-    out = nn.DenseGeneral(cfg.hidden, axis=(-2, -1), dot_general=dense_dot_general, use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
-                          param_dtype=cfg.param_dtype,
+    out = nn.DenseGeneral(cfg.hidden, axis=(-2, -1), use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
+                          param_dtype=cfg.param_dtype, dot_general=dense_dot_general,
                           kernel_init=dense_init(cfg, "heads", "kv", "embed"),
                           bias_init=zeros_init("embed"), name="out")
     return out(y_BxLxHxK), new_cache
