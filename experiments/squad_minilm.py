@@ -21,13 +21,14 @@ def get_config():
   c.model = model_section("")    # replaced by the --init model plus the span head
   c.data.update(source="local", path="../shared/data/squad/squad_v2_dev_2articles.json", seq_len=256,
                 batch_size=16)
-  c.objective.update(name="span", max_predictions=0)
+  c.objective.max_predictions = 0   # objective.name comes from the task
   c.optim.update(lr=1e-4, warmup_steps=20, schedule="linear", end_lr_ratio=0.0, weight_decay=0.01)
   c.optim.layer_decay = 1.0      # < 1: lower layers take smaller steps (ELECTRA); 1 = off
   c.optim.freeze_encoder = False  # True: train only the span head
   c.train.update(steps=200, log_every=10, eval_every=200, eval_batches=10, checkpoint_every=100,
                  best_metric="", samples=0)
   c.task = ml_collections.ConfigDict(dict(
+      name="squad",                 # lmjax/tasks/squad.py
       eval_path="",               # a separate SQuAD JSON for validation; "" = split one off data.path
       validation_percent=10.0,    # share of data.path's paragraphs held out when eval_path is ""
       doc_stride=128,             # context tokens between the starts of two windows

@@ -21,13 +21,14 @@ def get_config():
   c = base_config()
   c.model = model_section("")    # replaced by the --init model plus the classify head
   c.data.update(source="local", path="../shared/data/sentiment/sst2_train.tsv", seq_len=64, batch_size=32)
-  c.objective.update(name="classify", max_predictions=0)
+  c.objective.max_predictions = 0   # objective.name comes from the task
   c.optim.update(lr=1e-4, warmup_steps=30, schedule="linear", end_lr_ratio=0.0, weight_decay=0.01)
   c.optim.layer_decay = 1.0      # < 1: lower layers take smaller steps (ELECTRA); 1 = off
   c.optim.freeze_encoder = False  # True: train only the pooler and the classifier
   c.train.update(steps=350, log_every=25, eval_every=350, eval_batches=20, checkpoint_every=175,
                  best_metric="", samples=0)
   c.task = ml_collections.ConfigDict(dict(
+      name="sentiment",             # lmjax/tasks/sentiment.py
       eval_path="",               # a separate validation file; "" = split one off data.path
       validation_percent=5.0,     # share of data.path held out (by hash of the text) when eval_path is ""
       num_labels=2,

@@ -20,11 +20,12 @@ def get_config():
   c = base_config()
   c.model = model_section("")    # replaced by the --init model
   c.data.update(source="local", path="../shared/data/xsum/xsum_200.jsonl", seq_len=128, batch_size=8)
-  c.objective.update(name="seq2seq", max_predictions=0)
+  c.objective.max_predictions = 0   # objective.name comes from the task
   c.optim.update(lr=3e-4, warmup_steps=20, schedule="linear", end_lr_ratio=0.0, weight_decay=0.1)
   c.train.update(steps=200, log_every=10, eval_every=200, eval_batches=5, checkpoint_every=100,
                  best_metric="", samples=0)
   c.task = ml_collections.ConfigDict(dict(
+      name="summarization",         # lmjax/tasks/summarization.py
       eval_path="",               # a separate .jsonl for validation; "" = split one off data.path
       validation_percent=5.0,     # share of data.path held out (by hash of the document)
       source_column="",           # "" = `document`, else `source`

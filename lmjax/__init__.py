@@ -9,7 +9,5 @@ from __future__ import annotations
 
 def load(workdir, step: int | None = None):
   """(model, params) from an lmjax workdir: a training run or a converted HF checkpoint."""
-  from lmjax.models import build, model_config
-  from lmjax.training.checkpoint import read_config, restore_params
-  cfg = model_config(read_config(workdir)["model"])
-  return build(cfg), restore_params(workdir, step)
+  from lmjax.checkpoint import load_model
+  return load_model(workdir, step)

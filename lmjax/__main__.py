@@ -2,14 +2,18 @@
 
 Each subcommand parses its flags and calls one library function. Config overrides
 (`--config.section.key=value`) are collected from the remaining arguments.
-Bad input (lmjax.errors.UserError) prints as one line and exits with status 2.
+Bad input (lmjax.errors.UserError) prints as one line and exits with status 2. Library functions
+return values; printing them is this file's job. `--verbose` anywhere shows the libraries' logs.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
 import sys
 
-from lmjax.errors import UserError
+from lmjax.errors import Stopped, UserError
 
 
 def parser() -> argparse.ArgumentParser:
@@ -17,7 +21,7 @@ def parser() -> argparse.ArgumentParser:
   sub = p.add_subparsers(dest="command", required=True)
 
   def with_config(sp):
-    sp.add_argument("--config", default=None, help="experiments/NAME.py (default: experiments/gpt_tiny.py)")
+    sp.add_argument("--config", default=None, help="a config file, or a shipped experiment's name (default: gpt_tiny)")
     return sp
 
   train = with_config(sub.add_parser("train", help="train from a config; rerun to resume"))
@@ -77,32 +81,51 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(args, overrides) -> None:
+  """Calls the library function of the subcommand and prints what it returns."""
   from lmjax.config import load_config
   cmd = args.command
   if cmd == "train":
-    from lmjax.training import loop
-    loop.train(load_config(args.config, overrides), args.workdir,
-               coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
+    train(load_config(args.config, overrides), args)
   elif cmd == "eval":
-    from lmjax.training import loop
-    loop.evaluate_cli(args.workdir, split=args.split, data=args.data)
+    from lmjax import checkpoint
+    cfg = checkpoint.read_config(args.workdir)
+    if cfg.get("task", {}).get("name"):   # a fine-tuned run: the task's own scores (accuracy, EM, ROUGE)
+      from lmjax.tasks import finetune
+      metrics = finetune.evaluate_task(cfg, args.workdir, data=args.data, split=args.split)
+    else:
+      from lmjax.training import evaluate
+      metrics = evaluate.evaluate_workdir(args.workdir, split=args.split, data=args.data)
+    print(json.dumps({k: round(v, 6) for k, v in metrics.items()}))
   elif cmd == "generate":
     from lmjax.inference import generate
-    generate.main(args)
+    out = generate.generate_text(args.workdir, args.prompt, max_new_tokens=args.max_new_tokens,
+                                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                                 num_samples=args.num_samples)
+    for s in out["samples"]:
+      label = f"prompt {s['prompt'] + 1}" + (f", sample {s['sample'] + 1}" if args.num_samples > 1 else "")
+      print(f"--- {label} ({s['new_tokens']} new tokens{', ended by EOS' if s['ended_by_eos'] else ''})")
+      print(s["text"])
+    print(f"--- {out['tokens']} tokens in {out['seconds']:.3f} s: {out['tokens'] / out['seconds']:.1f} tokens/s "
+          f"(batch {out['batch']}, prompt bucket {out['prompt_bucket']}, compile {out['compile_s']:.1f} s)")
   elif cmd == "fill-mask":
     from lmjax.inference import fill_mask
-    fill_mask.main(args)
+    for text, masks in zip(args.text, fill_mask.fill_mask_text(args.workdir, args.text, args.top_k)):
+      print(text)
+      for m, candidates in enumerate(masks):
+        print(f"  [MASK] {m + 1}: " + "  ".join(f"{piece!r} {p:.3f}" for piece, p in candidates))
   elif cmd == "finetune":
-    from lmjax.training import finetune
-    finetune.finetune(load_config(args.config, overrides), init=args.init, workdir=args.workdir)
+    from lmjax.tasks import finetune
+    cfg = load_config(args.config, overrides)
+    scores = finetune.finetune(cfg, init=args.init, workdir=args.workdir)
+    print(json.dumps({"task": cfg.task.name, **scores}), flush=True)
   elif cmd == "convert":
     from lmjax.convert import hf
     if args.from_hf:
-      hf.import_hf(args.from_hf, args.workdir)
+      print(f"lmjax convert: {hf.import_hf(args.from_hf, args.workdir)}")
     else:
       if not args.out:
         raise UserError("--to-hf needs --out HF_DIR, the directory to write")
-      hf.export_hf(args.workdir, args.out)
+      print(f"lmjax convert: {hf.export_hf(args.workdir, args.out)}")
   elif cmd == "tokenizer":
     from lmjax.data import tokenizer
     tokenizer.train_from_config(load_config(args.config, overrides), args.workdir)
@@ -111,7 +134,48 @@ def run(args, overrides) -> None:
     importlib.import_module(f"lmjax.bench.{args.bench_command}").main(load_config(args.config, overrides), args)
 
 
+SAMPLE_PROMPTS = ("The ", "A list is", "To open a file")   # the default corpus is Python's documentation
+
+
+def train(cfg, args) -> None:
+  """`lmjax train`, then on process 0 the validation figures next to the unigram baseline (decoders)
+  and a few samples."""
+  import jax
+  from lmjax.training import evaluate, loop
+  metrics = loop.train(cfg, args.workdir, coordinator=args.coordinator, num_processes=args.num_processes,
+                       process_id=args.process_id)
+  if jax.process_index() != 0:
+    return
+  print(f"lmjax train: done. validation {', '.join(f'{k}={v:.4g}' for k, v in metrics.items())}", flush=True)
+  from lmjax import models
+  if not models.model_config(cfg.model).causal:
+    return
+  print(f"  perplexity {metrics.get('perplexity', float('nan')):.2f} vs unigram baseline "
+        f"{evaluate.unigram_baseline(cfg, args.workdir):.2f} (same tokenizer, same split)", flush=True)
+  if cfg.train.samples:
+    from lmjax.inference import generate
+    out = generate.generate_text(args.workdir, list(SAMPLE_PROMPTS[:cfg.train.samples]),
+                                 max_new_tokens=min(48, cfg.model.max_len // 2), temperature=0.8, top_k=40)
+    for s in out["samples"]:
+      print(f"--- sample ---\n{s['text']}", flush=True)
+
+
+def quiet_libraries() -> None:
+  """Only lmjax's own lines on the terminal: TensorFlow's start-up banner and orbax's and absl's
+  INFO/WARNING logs are hidden unless --verbose is given."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")   # its banner; TensorFlow only reads TFDS files here
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  logging.getLogger().setLevel(logging.ERROR)
+
+
 def main(argv=None) -> None:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if "--verbose" in argv:
+    argv.remove("--verbose")
+  else:
+    quiet_libraries()
   args, rest = parser().parse_known_args(argv)
   overrides = [a for a in rest if a.startswith("--config.")]
   unknown = [a for a in rest if not a.startswith("--config.")]
@@ -124,6 +188,8 @@ def main(argv=None) -> None:
   except UserError as e:
     print(f"lmjax {args.command}: error: {e}", file=sys.stderr)
     sys.exit(2)
+  except Stopped as e:   # a signal asked training to stop; it saved first
+    print(f"lmjax {args.command}: {e}", file=sys.stderr)
   except KeyboardInterrupt:
     print(f"lmjax {args.command}: interrupted", file=sys.stderr)
     sys.exit(130)

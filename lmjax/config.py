@@ -9,34 +9,40 @@ wrong type fails here, before anything compiles.
 from __future__ import annotations
 
 import ast
-import dataclasses
+import importlib.resources
 import importlib.util
 import pathlib
 from typing import Any, Sequence
 
 import ml_collections
 
+from lmjax import models, objectives, tasks
 from lmjax.errors import UserError
-from lmjax.models.layers import TransformerConfig
-from lmjax.models.presets import PRESETS
+from lmjax.models import layers
+from lmjax.training import loop, optim, parallel
 
-DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "gpt_tiny.py"
+# The experiment configs ship inside the package as `lmjax.experiments` (pyproject.toml maps the
+# repo's experiments/ there), so an installed lmjax runs its default job from any directory.
+EXPERIMENTS = importlib.resources.files("lmjax.experiments")
+DEFAULT_CONFIG = "gpt_tiny"
 
-# Fields whose values come from a fixed set; checked with the override, before compiling.
+# Fields whose values come from a fixed set, each taken from the module that defines the set;
+# checked with the overrides, before anything compiles.
 CHOICES = {
-    "objective.name": ("clm", "mlm", "mlm_nsp", "classify", "span", "seq2seq"),
-    "optim.name": ("adamw", "adafactor", "lion"),
-    "optim.schedule": ("linear", "cosine", "inverse_sqrt", "constant"),
-    "parallel.mode": ("jit", "pmap", "mesh"),
-    "train.nonfinite": ("skip", "halt"),
-    "model.preset": ("",) + tuple(PRESETS),
-    "model.norm": ("layernorm", "rmsnorm"),
-    "model.position": ("learned", "sinusoidal", "rotary"),
-    "model.activation": ("gelu", "gelu_tanh", "relu", "swiglu"),
-    "model.attention": ("auto", "xla", "cudnn", "einsum"),
-    "model.remat": ("none", "full", "dots", "dots_no_batch"),
-    "model.dtype": ("float32", "bfloat16", "float16"),
-    "model.param_dtype": ("float32", "bfloat16"),
+    "objective.name": tuple(objectives.OBJECTIVES),
+    "task.name": tuple(tasks.TASKS),
+    "optim.name": optim.OPTIMIZERS,
+    "optim.schedule": optim.SCHEDULES,
+    "parallel.mode": parallel.MODES,
+    "train.nonfinite": loop.NONFINITE,
+    "model.preset": ("",) + tuple(models.PRESETS),
+    "model.norm": layers.NORMS,
+    "model.position": layers.POSITIONS,
+    "model.activation": layers.ACTIVATIONS,
+    "model.attention": layers.ATTENTION,
+    "model.remat": layers.REMAT,
+    "model.dtype": layers.DTYPES,
+    "model.param_dtype": layers.PARAM_DTYPES,
 }
 
 
@@ -46,11 +52,7 @@ class ConfigError(UserError):
 
 def model_section(preset: str = "", **overrides) -> ml_collections.ConfigDict:
   """Every TransformerConfig field, from a preset, so each one can be overridden by flag."""
-  fields = {f.name: f.default for f in dataclasses.fields(TransformerConfig)}
-  if preset:
-    fields.update(PRESETS[preset])
-  fields.update(overrides)
-  return ml_collections.ConfigDict(dict(preset=preset, **fields))
+  return ml_collections.ConfigDict(models.model_fields(preset, **overrides))
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -80,7 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
       short_seq_prob=0.1,         # BERT pairs: share of shorter pairs (as in BERT)
   ))
   c.objective = ml_collections.ConfigDict(dict(
-      name="clm",                 # "clm", "mlm", "mlm_nsp"
+      name="clm",                 # a name in objectives/__init__.py: "clm", "mlm", "mlm_nsp", ...
       mask_rate=0.15,
       whole_word=False,
       max_predictions=20,         # MLM predictions per row; 0 = score all L positions
@@ -88,7 +90,7 @@ def base_config() -> ml_collections.ConfigDict:
       label_smoothing=0.0,
   ))
   c.optim = ml_collections.ConfigDict(dict(
-      name="adamw",               # "adamw", "adafactor", "lion"
+      name="adamw",               # optim.OPTIMIZERS: "adamw", "adafactor", "lion"
       lr=1e-3,
       schedule="cosine",          # after linear warmup: "linear", "cosine", "inverse_sqrt", "constant"
       warmup_steps=100,
@@ -118,14 +120,24 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def config_path(name: str | None):
+  """A config file's path: a file as given, or the name of a shipped experiment (`bert_tiny`,
+  `experiments/bert_tiny.py` from any directory); None is the default job."""
+  path = pathlib.Path(name or DEFAULT_CONFIG)
+  if path.is_file():
+    return path
+  shipped = EXPERIMENTS / (path.stem + ".py")
+  if path.parent.name in ("", "experiments") and shipped.is_file():
+    return shipped
+  known = sorted(p.name[:-3] for p in EXPERIMENTS.iterdir() if p.name.endswith(".py") and not p.name.startswith("_"))
+  raise ConfigError(f"no config file {str(name)!r}; lmjax ships {known}")
+
+
 def load_config(path: str | None, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-  path = pathlib.Path(path) if path else DEFAULT_CONFIG
-  if not path.is_file():
-    known = sorted(p.stem for p in DEFAULT_CONFIG.parent.glob("*.py") if not p.stem.startswith("_"))
-    raise ConfigError(f"no config file {str(path)!r}; experiments/ has {known}")
-  spec = importlib.util.spec_from_file_location(f"lmjax_config_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  with importlib.resources.as_file(config_path(None if path is None else str(path))) as path:
+    spec = importlib.util.spec_from_file_location(f"lmjax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
     raise ConfigError(f"{path} defines no get_config(); a config file returns an ml_collections.ConfigDict")
   cfg = module.get_config()

@@ -7,7 +7,8 @@ from lmjax.__main__ import main
 from lmjax.config import ConfigError, load_config
 from lmjax.models import model_config, param_count
 
-EXPERIMENTS = sorted((pathlib.Path(__file__).resolve().parent.parent / "experiments").glob("*.py"))
+EXPERIMENTS = sorted(p for p in (pathlib.Path(__file__).resolve().parent.parent / "experiments").glob("*.py")
+                     if p.name != "__init__.py")
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)

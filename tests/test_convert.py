@@ -17,7 +17,7 @@ import lmjax
 from lmjax.__main__ import main
 from lmjax.convert import hf
 from lmjax.models import init_params, model_config, stack_layers
-from lmjax.training.checkpoint import read_config, restore_params, save_params, write_config
+from lmjax.checkpoint import read_config, restore_params, save_params, write_config
 
 TOL = 1e-4
 

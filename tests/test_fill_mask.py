@@ -78,7 +78,7 @@ def test_encode_masked_wordpiece(tmp_path):
 def test_cli_prints_top_k(tmp_path, capsys, sp_tok):
   import shutil
   from lmjax.__main__ import main
-  from lmjax.training.checkpoint import save_params, write_config
+  from lmjax.checkpoint import save_params, write_config
   model, params = tiny()
   write_config(tmp_path, {"model": TINY})
   save_params(tmp_path, params, {"model": TINY})

@@ -12,11 +12,12 @@ import pytest
 from lmjax import models
 from lmjax.__main__ import main
 from lmjax.config import load_config, model_section
-from lmjax.data import tasks
 from lmjax.data.tokenizer import load_tokenizer
 from lmjax.errors import UserError
 from lmjax.objectives import seq2seq
-from lmjax.training import checkpoint, finetune, optim
+from lmjax import checkpoint
+from lmjax.tasks import common, finetune, sentiment, squad, summarization
+from lmjax.training import optim
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -65,17 +66,17 @@ def tiny_overrides(**extra) -> list[str]:
 # ---- data -----------------------------------------------------------------------------------------
 
 def test_sentiment_reads_tsv_and_csv(shared_data):
-  sst = tasks.read_sentiment(shared_data / "sentiment" / "sst2_train.tsv")
+  sst = sentiment.read_sentiment(shared_data / "sentiment" / "sst2_train.tsv")
   assert len(sst) == 67349 and sst[0] == {"text": "hide new secretions from the parental units", "label": 0}
-  imdb = tasks.read_sentiment(shared_data / "sentiment" / "imdb_sample_200.csv")
+  imdb = sentiment.read_sentiment(shared_data / "sentiment" / "imdb_sample_200.csv")
   assert len(imdb) == 200 and sum(ex["label"] for ex in imdb) == 103
 
 
 def test_validation_split_is_deterministic_and_disjoint(shared_data):
-  sst = tasks.read_sentiment(shared_data / "sentiment" / "sst2_train.tsv")[:5000]
-  train, val = tasks.split_validation(sst, 5.0)
+  sst = sentiment.read_sentiment(shared_data / "sentiment" / "sst2_train.tsv")[:5000]
+  train, val = common.split_validation(sst, 5.0)
   assert 150 < len(val) < 350 and len(train) + len(val) == 5000
-  assert tasks.split_validation(sst[::-1], 5.0)[1] == val[::-1]   # by hash, not by position
+  assert common.split_validation(sst[::-1], 5.0)[1] == val[::-1]   # by hash, not by position
 
 
 def test_bad_task_files_give_one_line_errors(tmp_path):
@@ -88,25 +89,25 @@ def test_bad_task_files_give_one_line_errors(tmp_path):
   for name, (content, message) in cases.items():
     (tmp_path / name).write_text(content)
     with pytest.raises(UserError, match=message) as e:
-      tasks.read_sentiment(tmp_path / name)
+      sentiment.read_sentiment(tmp_path / name)
     assert name in str(e.value) and "\n" not in str(e.value)
   (tmp_path / "binary.tsv").write_bytes(b"\xff\xfe\x00bad")
   with pytest.raises(UserError, match="unreadable"):
-    tasks.read_sentiment(tmp_path / "binary.tsv")
+    sentiment.read_sentiment(tmp_path / "binary.tsv")
   with pytest.raises(UserError, match="no such file"):
-    tasks.read_sentiment(tmp_path / "missing.tsv")
+    sentiment.read_sentiment(tmp_path / "missing.tsv")
 
 
 def test_empty_rows_are_skipped_and_counted(tmp_path, capsys):
   (tmp_path / "t.tsv").write_text("sentence\tlabel\ngood\t1\n\t0\n   \t1\nbad\t0\n")
-  assert [ex["label"] for ex in tasks.read_sentiment(tmp_path / "t.tsv")] == [1, 0]
+  assert [ex["label"] for ex in sentiment.read_sentiment(tmp_path / "t.tsv")] == [1, 0]
   assert "skipped 2 empty row(s), kept 2" in capsys.readouterr().err
 
 
 def test_span_labels_point_at_the_answer(shared_data, tok):
-  examples = tasks.read_squad(shared_data / "squad" / "squad_v2_dev_2articles.json")
+  examples = squad.read_squad(shared_data / "squad" / "squad_v2_dev_2articles.json")
   ex = next(e for e in examples if e["id"] == "56ddde6b9a695914005b9628")  # Normandy -> France
-  rows, meta = tasks.squad_features([ex], tok, seq_len=48, doc_stride=16, max_query_len=16)
+  rows, meta = squad.squad_features([ex], tok, seq_len=48, doc_stride=16, max_query_len=16)
   assert len(rows) > 1   # a long context is cut into several windows
   found = 0
   for row, (e, offsets_Lx2) in zip(rows, meta):
@@ -121,9 +122,9 @@ def test_span_labels_point_at_the_answer(shared_data, tok):
 
 
 def test_squad_metric_normalisation():
-  assert tasks.normalize_answer("The  Cat's hat!") == "cats hat"
-  assert tasks.squad_f1("the cat sat", "a cat sat on") == pytest.approx(0.8)   # P=1, R=2/3
-  m = tasks.squad_metrics(["Paris", "in 1066", "nothing"], [["Paris, France", "paris"], ["1066"], ["x"]])
+  assert squad.normalize_answer("The  Cat's hat!") == "cats hat"
+  assert squad.squad_f1("the cat sat", "a cat sat on") == pytest.approx(0.8)   # P=1, R=2/3
+  m = squad.squad_metrics(["Paris", "in 1066", "nothing"], [["Paris, France", "paris"], ["1066"], ["x"]])
   # EM: 1 of 3; F1: 1, 2/3 (P=1/2, R=1), 0
   assert m["exact_match"] == pytest.approx(100 / 3) and m["f1"] == pytest.approx(100 * (1 + 2 / 3) / 3)
 
@@ -133,13 +134,13 @@ def test_best_span_takes_the_best_window():
   offsets = np.array([[-1, -1], [0, 3], [4, 7], [8, 11]], np.int32)
   start = np.array([[9.0, 1.0, 0.0, 0.0], [9.0, 0.0, 5.0, 0.0]])   # [CLS] never chosen
   end = np.array([[9.0, 2.0, 0.0, 0.0], [9.0, 0.0, 4.0, 1.0]])
-  assert tasks.best_spans([ex], [(0, offsets), (0, offsets)], start, end) == ["def"]
+  assert squad.best_spans([ex], [(0, offsets), (0, offsets)], start, end) == ["def"]
 
 
 def test_prompt_tokens_carry_no_loss(tok):
-  rows = tasks.seq2seq_rows([{"source": "a long article about cats", "target": "cats"}], tok, seq_len=16,
+  rows = summarization.seq2seq_rows([{"source": "a long article about cats", "target": "cats"}], tok, seq_len=16,
                             max_target_len=4, separator=" summary :")
-  prompt = tasks.seq2seq_prompt(tok, "a long article about cats", seq_len=16, max_target_len=4,
+  prompt = summarization.seq2seq_prompt(tok, "a long article about cats", seq_len=16, max_target_len=4,
                                 separator=" summary :")
   mask = rows[0]["target_mask"]
   P, n = len(prompt), int(rows[0]["segment_ids"].sum())

@@ -94,7 +94,7 @@ def test_long_prompt_is_truncated_from_the_left(model_params, capsys):
 def test_cli_prints_continuations(tmp_path, capsys, sp_tokenizer_path):
   import shutil
   from lmjax.__main__ import main
-  from lmjax.training.checkpoint import save_params, write_config
+  from lmjax.checkpoint import save_params, write_config
   cfg = {**TINY, "vocab_size": 400}
   params = init_params(TransformerConfig(**cfg), jax.random.key(0))
   write_config(tmp_path, {"model": cfg})

@@ -10,7 +10,8 @@ import pytest
 
 from lmjax.models import (PRESETS, TransformerConfig, build, init_cache, init_params, model_config,
                           param_count, stack_layers)
-from lmjax.models.layers import QUERY_BLOCK, REMAT, dense_dot_general, materialize_grad
+from lmjax.models.layers import QUERY_BLOCK, REMAT
+from lmjax.models.xla_cpu import dense_dot_general, materialize_grad
 
 TINY = dict(vocab_size=61, hidden=32, num_layers=2, num_heads=4, mlp_dim=64, max_len=32,
             dropout_rate=0.0, attention_dropout_rate=0.0, init_std=0.2)

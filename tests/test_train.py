@@ -15,7 +15,8 @@ import pytest
 
 from lmjax.config import load_config
 from lmjax.errors import UserError
-from lmjax.training import checkpoint, loop
+from lmjax import checkpoint
+from lmjax.training import loop
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TINY = ["--config.model.hidden=32", "--config.model.num_heads=2", "--config.model.mlp_dim=64",

@@ -6,6 +6,7 @@ import os
 import tempfile
 import time
 
+from lmjax import objectives
 from lmjax.data import pipeline, sources, tokenizer
 
 
@@ -25,7 +26,8 @@ def main(cfg, args):
                           character_coverage=t.character_coverage)
     print(f"tokenizer: trained {t.model_type} {tok.vocab_size} on a sample in {time.perf_counter() - t0:.1f}s")
 
-  it = pipeline.iterator_from_config(cfg, tok, "train")
+  kind = objectives.OBJECTIVES[cfg.objective.name].batch
+  it = pipeline.iterator_from_config(cfg, tok, "train", kind=kind)
   warmup = max(1, args.batches // 10)
   for _ in range(warmup):
     next(it)
@@ -37,7 +39,6 @@ def main(cfg, args):
     real += int((mask > 0).sum())
     padded += mask.size
   dt = time.perf_counter() - t0
-  kind = pipeline.KIND_BY_OBJECTIVE[cfg.objective.name]
   print(f"data pipeline ({kind}, batch {cfg.data.batch_size} x seq {cfg.data.seq_len}, {args.batches} batches "
         f"after {warmup} warm-up): {real / dt:,.0f} tokens/s ({padded / dt:,.0f} incl. padding), "
         f"{args.batches / dt:,.1f} batches/s, {100 * real / max(padded, 1):.1f}% of positions are real tokens")

@@ -25,7 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from lmjax.checkpoint import read_config, restore_params, save_params, write_config
 from lmjax.errors import UserError
+from lmjax.models import init_params, model_config, model_fields, unstack_layers
 
 SUPPORTED = ("bert (BertModel, BertForPreTraining, BertForMaskedLM, BertForNextSentencePrediction) "
              "and gpt2 (GPT2Model, GPT2LMHeadModel)")
@@ -162,12 +164,9 @@ def to_hf_weights(model_type: str, cfg, flat_params) -> dict:
 # ---------------------------------------------------------------- import
 
 
-def import_hf(hf_dir, workdir) -> None:
-  """Convert a save_pretrained directory into an lmjax workdir; validates all before writing."""
-  from lmjax.config import model_section
-  from lmjax.models import init_params, model_config
-  from lmjax.training.checkpoint import save_params, write_config
-
+def import_hf(hf_dir, workdir) -> str:
+  """Convert a save_pretrained directory into an lmjax workdir; validates all before writing.
+  Returns a one-line summary."""
   hf_dir, workdir = pathlib.Path(hf_dir), pathlib.Path(workdir)
   if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
     raise UserError(f"--workdir {workdir} already exists and is not empty; choose a new directory")
@@ -194,7 +193,7 @@ def import_hf(hf_dir, workdir) -> None:
     flat.update(zip(names, lay[layout][0](np.asarray(weights[hf], np.float32))))
   params = unflatten({k: np.ascontiguousarray(v) for k, v in flat.items()})
 
-  config = {"model": model_section("", **fields).to_dict(),
+  config = {"model": model_fields("", **fields),
             "source": {"hf_dir": str(hf_dir.resolve()), "model_type": model_type,
                        "architectures": hf_cfg.get("architectures") or []}}
   created = not workdir.exists()
@@ -215,8 +214,8 @@ def import_hf(hf_dir, workdir) -> None:
       for child in workdir.iterdir():
         shutil.rmtree(child) if child.is_dir() else child.unlink()
     raise
-  print(f"lmjax convert: {model_type} ({cfg.num_layers} layers, D={cfg.hidden}, heads {cfg.heads or '()'}) "
-        f"from {hf_dir} -> {workdir}")
+  return (f"{model_type} ({cfg.num_layers} layers, D={cfg.hidden}, heads {cfg.heads or '()'}) "
+          f"from {hf_dir} -> {workdir}")
 
 
 def expected_zeros(flat_shapes):
@@ -339,11 +338,9 @@ BERT_ACT_NAMES = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
 GPT2_ACT_NAMES = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
 
 
-def export_hf(workdir, out) -> None:
-  """Write OUT/config.json + OUT/model.safetensors (+ tokenizer files) that transformers loads."""
-  from lmjax.models import model_config, unstack_layers
-  from lmjax.training.checkpoint import read_config, restore_params
-
+def export_hf(workdir, out) -> str:
+  """Write OUT/config.json + OUT/model.safetensors (+ tokenizer files) that transformers loads.
+  Returns a one-line summary."""
   workdir, out = pathlib.Path(workdir), pathlib.Path(out)
   if out.exists() and (not out.is_dir() or any(out.iterdir())):
     raise UserError(f"--out {out} already exists and is not empty; choose a new directory")
@@ -379,7 +376,7 @@ def export_hf(workdir, out) -> None:
     if created:
       shutil.rmtree(out, ignore_errors=True)
     raise
-  print(f"lmjax convert: {workdir} -> {out} ({hf_cfg['architectures'][0]})")
+  return f"{workdir} -> {out} ({hf_cfg['architectures'][0]})"
 
 
 def refuse(cfg, checks) -> None:

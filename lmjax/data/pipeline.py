@@ -277,6 +277,33 @@ class ClassificationRows:
     return row
 
 
+class PrebuiltRows:
+  """Rows built ahead by a task (QA windows, prompt -> target rows), read in the stream's order;
+  padding rows are all zeros, which every task objective weights out."""
+
+  def __init__(self, stream: _DocStream):
+    self.stream, self.index = stream, 0
+
+  def get_state(self):
+    return {"doc": self.index}
+
+  def set_state(self, state):
+    self.index = int(state["doc"])
+
+  def empty_row(self):
+    return {k: np.zeros_like(v) for k, v in self.stream.source[0].items()}
+
+  def next_row(self):
+    if self.index >= len(self.stream):
+      return None
+    self.index += 1
+    return self.stream.source[self.stream.source_index(self.index - 1)]
+
+
+# Row layouts by name; each objective names the one it reads (objectives/*.py: `batch=`).
+ROWS = {"clm": LMRows, "pairs": PairRows, "classification": ClassificationRows, "features": PrebuiltRows}
+
+
 class BatchIterator:
   """Stacks rows into batches of `rows_per_batch`; a finite (eval) stream ends with a padded last batch."""
 
@@ -326,51 +353,41 @@ def reshard_state(states: list[dict], shard_index: int, shard_count: int) -> dic
 def make_iterator(kind: str, source, tokenizer, *, seq_len: int, batch_size: int, seed: int = 0,
                   shard_index: int = 0, shard_count: int = 1, train: bool = True, short_seq_prob: float = 0.1,
                   num_batches: int = 0) -> BatchIterator:
-  """Batches of `kind` ("clm", "pairs" or "classification") from `source` (len() and [i]: documents as str,
-  or for classification dicts with text, optional text_pair, and label).
+  """Batches of `kind` (a key of ROWS) from `source` (len() and [i]: documents as str; for
+  classification dicts with text, optional text_pair and label; for features, rows built ahead).
 
   batch_size is global: this process gets batch_size // shard_count rows of each batch. train=True
   shuffles and repeats forever; train=False is one pass in order. num_batches > 0 stops after that many.
   """
   if batch_size % shard_count:
     raise UserError(f"data.batch_size {batch_size} is not divisible by the {shard_count} processes")
+  if kind not in ROWS:
+    raise UserError(f"unknown batch kind {kind!r}; use one of {sorted(ROWS)}")
   stream = _DocStream(source, seed=seed, shard_index=shard_index, shard_count=shard_count, train=train)
-  if kind == "clm":
-    rows = LMRows(stream, tokenizer, seq_len)
-  elif kind == "pairs":
+  if kind == "pairs":
     rows = PairRows(stream, tokenizer, seq_len, seed=seed, short_seq_prob=short_seq_prob)
-  elif kind == "classification":
-    rows = ClassificationRows(stream, tokenizer, seq_len)
-  elif kind == "features":  # task rows built ahead (QA windows, prompt -> target): lmjax/data/tasks.py
-    from lmjax.data import tasks
-    rows = tasks.FeatureRows(stream)
+  elif kind == "features":
+    rows = PrebuiltRows(stream)
   else:
-    raise UserError(f"unknown batch kind {kind!r}; use 'clm', 'pairs' or 'classification'")
+    rows = ROWS[kind](stream, tokenizer, seq_len)
   identity = dict(kind=kind, seed=seed, shard_index=shard_index, shard_count=shard_count, seq_len=seq_len,
                   batch_size=batch_size, train=train, documents=len(source))
   return BatchIterator(rows, batch_size // shard_count, identity, num_batches)
 
 
-KIND_BY_OBJECTIVE = {"clm": "clm", "mlm": "pairs", "mlm_nsp": "pairs",
-                     "classify": "classification", "span": "features", "seq2seq": "features"}
+def iterator_from_config(cfg, tokenizer, split: str = "train", *, kind: str, source=None, process_index: int = 0,
+                         process_count: int = 1, num_batches: int = 0) -> BatchIterator:
+  """The training loop's entry point: cfg.data -> batches of `kind` from one split.
 
-
-def iterator_from_config(cfg, tokenizer, split: str = "train", *, process_index: int = 0, process_count: int = 1,
-                         num_batches: int = 0) -> BatchIterator:
-  """The training loop's entry point: cfg.data + cfg.objective.name -> batches of one split.
-  The train split is shuffled and endless; any other split is one ordered pass (or num_batches)."""
+  `split` is "train", "eval" (data.train_split / data.eval_split) or a split's own name; the train
+  split is shuffled and endless, any other is one ordered pass (or num_batches). `source(split_name)`
+  gives what to read (a task's examples or rows); by default the corpus that cfg.data names.
+  """
   from lmjax.data import sources
   data = cfg.data
-  objective = cfg.objective.name
-  if objective not in KIND_BY_OBJECTIVE:
-    raise UserError(f"objective.name={objective!r} has no data pipeline; use one of {sorted(KIND_BY_OBJECTIVE)}")
   split_name = data.train_split if split == "train" else (data.eval_split if split == "eval" else split)
-  if objective in ("classify", "span", "seq2seq"):  # fine-tuning tasks read task files
-    from lmjax.data import tasks
-    source = tasks.source_from_config(cfg, split_name, tokenizer)
-  else:
-    source = sources.source_from_config(data, split_name)
-  return make_iterator(KIND_BY_OBJECTIVE[objective], source, tokenizer, seq_len=data.seq_len,
-                       batch_size=data.batch_size, seed=cfg.get("seed", 0), shard_index=process_index,
-                       shard_count=process_count, train=split_name == data.train_split,
-                       short_seq_prob=data.get("short_seq_prob", 0.1), num_batches=num_batches)
+  docs = source(split_name) if source is not None else sources.source_from_config(data, split_name)
+  return make_iterator(kind, docs, tokenizer, seq_len=data.seq_len, batch_size=data.batch_size,
+                       seed=cfg.get("seed", 0), shard_index=process_index, shard_count=process_count,
+                       train=split_name == data.train_split, short_seq_prob=data.get("short_seq_prob", 0.1),
+                       num_batches=num_batches)

@@ -17,8 +17,9 @@ Document boundaries (they matter for NSP and for the EOS between documents):
   * .jsonl: one document per line, text in `text_field`.
 Bad input is counted, not fatal: bytes that are not UTF-8 are replaced by U+FFFD, empty documents
 are skipped, lines over MAX_LINE_CHARS are cut into chunks on separate lines. The counts are
-logged once when the corpus is built and kept in the dataset's metadata (`corpus_stats`).
+printed once when the corpus is built and kept in the dataset's metadata (`corpus_stats`).
 """
+import contextlib
 import dataclasses
 import glob
 import hashlib
@@ -26,11 +27,11 @@ import importlib
 import inspect
 import io
 import json
-import logging
 import os
 import pkgutil
 import re
 import sys
+import time
 import warnings
 import zipfile
 
@@ -43,8 +44,6 @@ BUILDER_NAME = "lmjax_text"
 VALIDATION_PER_MILLE = 50      # documents hashed into validation: ~5%, at least one
 MAX_LINE_CHARS = 100_000       # longer lines are cut; sentence splitting and tokenizer training need bounded lines
 FORMAT_VERSION = 1             # bump when the way documents are read changes, so old builds are not reused
-
-log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(eq=False)
@@ -78,7 +77,6 @@ class LmjaxText(tfds.core.GeneratorBasedBuilder):
     train, validation = split_documents(docs, source=", ".join(cfg.files[:3]))
     stats.update(train_docs=len(train), validation_docs=len(validation))
     self.info.metadata["corpus_stats"] = stats
-    log.warning("corpus %s: %s", cfg.name, format_stats(stats))
     return {"train": self._generate_examples(train), "validation": self._generate_examples(validation)}
 
   def _generate_examples(self, docs):
@@ -224,8 +222,12 @@ def prepare_local(path: str, *, data_dir: str = "", text_field: str = "text", tx
   prepared = os.path.join(data_dir, BUILDER_NAME, config.name, str(LmjaxText.VERSION), "dataset_info.json")
   if not os.path.exists(prepared):
     tfds.disable_progress_bar()  # a few seconds of work; the corpus summary line says what was built
+    start = time.perf_counter()
     builder = LmjaxText(config=config, data_dir=data_dir, file_format="array_record")
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    with contextlib.redirect_stdout(io.StringIO()):   # TFDS prints "Downloading and preparing..." here
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    print(f"corpus: built {BUILDER_NAME}/{config.name} from {len(files)} file(s) in {time.perf_counter() - start:.1f} s: "
+          f"{format_stats(builder.info.metadata['corpus_stats'])}", file=sys.stderr)
   return f"{BUILDER_NAME}/{config.name}"
 
 

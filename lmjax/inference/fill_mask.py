@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lmjax import checkpoint
+from lmjax.data.tokenizer import SentencePieceTokenizer, load_tokenizer
 from lmjax.errors import UserError
 
 MASK = "[MASK]"
@@ -28,7 +30,6 @@ def encode_masked(tok, text: str) -> list[int]:
   leading '▁'), and a piece's leading space after a [MASK] comes back as the
   model's dummy prefix.
   """
-  from lmjax.data.tokenizer import SentencePieceTokenizer
   if tok.mask_id is None:
     raise UserError("this tokenizer has no [MASK] token (GPT-2?); fill-mask needs a BERT-style tokenizer")
   parts = text.split(MASK)
@@ -98,17 +99,11 @@ def fill_mask(model, params, rows: list[list[int]], *, mask_id: int, pad_id: int
            for m in range(len(where[b]))] for b in range(len(rows))]
 
 
-def main(args) -> None:
-  """`lmjax fill-mask`: print the top-k tokens and probabilities for each [MASK] of each --text."""
-  import lmjax
-  from lmjax.data.tokenizer import load_tokenizer
-  model, params = lmjax.load(args.workdir)
+def fill_mask_text(workdir, texts: list[str], top_k: int = 5) -> list[list[list[tuple[str, float]]]]:
+  """`lmjax fill-mask`: for each text, for each [MASK] in it, the top_k (piece, probability) pairs."""
+  model, params = checkpoint.load_model(workdir)
   check_model(model)
-  tok = load_tokenizer(args.workdir)
-  rows = [encode_masked(tok, text) for text in args.text]
-  results = fill_mask(model, params, rows, mask_id=tok.mask_id, pad_id=tok.pad_id or 0, top_k=args.top_k)
-  for text, masks in zip(args.text, results):
-    print(text)
-    for m, candidates in enumerate(masks):
-      shown = "  ".join(f"{tok.id_to_piece(t)!r} {p:.3f}" for t, p in candidates)
-      print(f"  [MASK] {m + 1}: {shown}")
+  tok = load_tokenizer(str(workdir))
+  rows = [encode_masked(tok, text) for text in texts]
+  results = fill_mask(model, params, rows, mask_id=tok.mask_id, pad_id=tok.pad_id or 0, top_k=top_k)
+  return [[[(tok.id_to_piece(t), p) for t, p in candidates] for candidates in masks] for masks in results]

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lmjax import checkpoint
+from lmjax.data.tokenizer import load_tokenizer
 from lmjax.errors import UserError
 from lmjax.models.decoder import init_cache
 
@@ -195,21 +197,24 @@ def generate(model, params, prompts: list[list[int]], max_new_tokens: int, *, te
   return trim(fn(*args, **kwargs), eos_id)
 
 
-def main(args) -> None:
-  """`lmjax generate`: continue each --prompt and print the text and the decoding speed."""
-  import lmjax
-  from lmjax.data.tokenizer import load_tokenizer
-  model, params = lmjax.load(args.workdir)
+def generate_text(workdir, prompts: list[str], *, max_new_tokens: int = 64, temperature: float = 0.0,
+                  top_k: int = 0, top_p: float = 1.0, seed: int = 0, num_samples: int = 1) -> dict:
+  """`lmjax generate`: each prompt's continuation from a decoder workdir, and the decoding speed.
+
+  Returns {"samples": [{"prompt", "sample", "text", "new_tokens", "ended_by_eos"}], "tokens",
+  "seconds", "compile_s", "batch", "prompt_bucket"}; `text` is the prompt and its continuation.
+  """
+  model, params = checkpoint.load_model(workdir)
   if not model.cfg.causal:
-    raise UserError(f"{args.workdir} holds an encoder (model.causal=False), which cannot generate; "
+    raise UserError(f"{workdir} holds an encoder (model.causal=False), which cannot generate; "
                     f"use lmjax fill-mask, or a decoder (GPT) workdir")
-  tok = load_tokenizer(args.workdir)
-  prompts = [tok.encode(text) for text in args.prompt]
+  tok = load_tokenizer(str(workdir))
+  prompt_ids = [tok.encode(text) for text in prompts]
   # An empty prompt starts from BOS where the tokenizer has one.
-  prompts = [p if p or tok.bos_id is None else [tok.bos_id] for p in prompts]
+  prompt_ids = [p if p or tok.bos_id is None else [tok.bos_id] for p in prompt_ids]
   pad_id = tok.pad_id if tok.pad_id is not None else (tok.eos_id or 0)
-  call_args, kwargs = decode_args(model, params, prompts, args.max_new_tokens, args.temperature,
-                                  args.top_k, args.top_p, args.seed, args.num_samples, tok.eos_id, pad_id)
+  call_args, kwargs = decode_args(model, params, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed,
+                                  num_samples, tok.eos_id, pad_id)
   # Compile ahead of time so the reported speed is decoding alone.
   t0 = time.perf_counter()
   compiled = decode.lower(*call_args, **kwargs).compile()
@@ -217,15 +222,14 @@ def main(args) -> None:
   tokens_BxN = jax.block_until_ready(compiled(*call_args[1:]))
   t2 = time.perf_counter()
   rows = trim(tokens_BxN, tok.eos_id)
-  M = args.num_samples
+  samples = []
   for b, new in enumerate(rows):
-    prompt_ids = prompts[b // M]
+    ids = prompt_ids[b // num_samples]
     shown = [t for t in new if t != tok.eos_id]
-    head, full = tok.decode(prompt_ids), tok.decode(prompt_ids + shown)
+    head, full = tok.decode(ids), tok.decode(ids + shown)
     continuation = full[len(head):] if full.startswith(head) else tok.decode(shown)
-    label = f"prompt {b // M + 1}" + (f", sample {b % M + 1}" if M > 1 else "")
-    print(f"--- {label} ({len(new)} new tokens{', ended by EOS' if tok.eos_id in new else ''})")
-    print(args.prompt[b // M] + continuation)
-  n = sum(len(r) for r in rows)
-  print(f"--- {n} tokens in {t2 - t1:.3f} s: {n / (t2 - t1):.1f} tokens/s "
-        f"(batch {len(rows)}, prompt bucket {call_args[2].shape[1]}, compile {t1 - t0:.1f} s)")
+    samples.append({"prompt": b // num_samples, "sample": b % num_samples,
+                    "text": prompts[b // num_samples] + continuation, "new_tokens": len(new),
+                    "ended_by_eos": tok.eos_id in new})
+  return {"samples": samples, "tokens": sum(len(r) for r in rows), "seconds": t2 - t1, "compile_s": t1 - t0,
+          "batch": len(rows), "prompt_bucket": int(call_args[2].shape[1])}

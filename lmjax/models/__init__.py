@@ -1,6 +1,7 @@
 """Model library: `build(cfg)` returns the Encoder or Decoder a TransformerConfig describes."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -29,6 +30,16 @@ def model_config(model_section: dict[str, Any]) -> TransformerConfig:
   return TransformerConfig(**base)
 
 
+def model_fields(preset: str = "", **overrides) -> dict[str, Any]:
+  """Every TransformerConfig field and its value, from a preset and overrides, plus the preset's
+  name: a whole model section, as config files and config.json hold it."""
+  fields = {f.name: f.default for f in dataclasses.fields(TransformerConfig)}
+  if preset:
+    fields.update(PRESETS[preset])
+  fields.update(overrides)
+  return dict(preset=preset, **fields)
+
+
 def build(cfg: TransformerConfig) -> nn.Module:
   return Decoder(cfg) if cfg.causal else Encoder(cfg)
 
@@ -46,5 +57,5 @@ def param_count(cfg: TransformerConfig) -> int:
 
 
 __all__ = ["Decoder", "DecoderOutput", "Encoder", "EncoderOutput", "PRESETS", "TransformerConfig",
-           "build", "init_cache", "init_params", "model_config", "param_count", "stack_layers",
+           "build", "init_cache", "init_params", "model_config", "model_fields", "param_count", "stack_layers",
            "unstack_layers"]

@@ -15,8 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmjax.models.layers import (Embed, Norm, Stack, TransformerConfig, dense_dot_general, dense_init,
-                                 make_attention_mask, materialize_grad)
+from lmjax.models import xla_cpu
+from lmjax.models.layers import Embed, Norm, Stack, TransformerConfig, dense_init, make_attention_mask
 
 
 @flax.struct.dataclass
@@ -77,8 +77,8 @@ class Decoder(nn.Module):
       logits_BxLxV = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype,
                               param_dtype=cfg.param_dtype,
                               kernel_init=dense_init(cfg, "embed", "vocab"),
-                              dot_general=dense_dot_general, name="lm_head")(x_BxLxD)
-    logits_BxLxV = materialize_grad(logits_BxLxV)  # its gradient feeds two matmuls: compute it once
+                              dot_general=xla_cpu.dense_dot_general, name="lm_head")(x_BxLxD)
+    logits_BxLxV = xla_cpu.materialize_grad(logits_BxLxV)  # its gradient feeds two matmuls: compute it once
     new_cache = None
     if cache is not None:
       new_cache = {"k": new_kv[0], "v": new_kv[1], "valid": key_valid_BxS, "index": cache["index"] + L}

@@ -16,8 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmjax.models.layers import (Embed, Norm, Stack, TransformerConfig, dense_dot_general, dense_init,
-                                 make_attention_mask, materialize_grad, zeros_init)
+from lmjax.models import xla_cpu
+from lmjax.models.layers import Embed, Norm, Stack, TransformerConfig, dense_init, make_attention_mask, zeros_init
 
 
 @flax.struct.dataclass
@@ -54,7 +54,7 @@ class Encoder(nn.Module):
       x_BxLxD = Norm(cfg, name="final_norm")(x_BxLxD)
 
     dense = functools.partial(nn.Dense, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype,
-                              bias_init=zeros_init(None), dot_general=dense_dot_general)
+                              bias_init=zeros_init(None), dot_general=xla_cpu.dense_dot_general)
     out = {"hidden": x_BxLxD}
     if {"nsp", "classify"} & set(cfg.heads):
       pooler = dense(cfg.hidden, kernel_init=dense_init(cfg, "embed", None), name="pooler")
@@ -88,13 +88,13 @@ class MlmHead(nn.Module):
     act = functools.partial(nn.gelu, approximate=cfg.activation == "gelu_tanh")
     h_BxMxD = nn.Dense(cfg.hidden, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype,
                        kernel_init=dense_init(cfg, "embed", None), bias_init=zeros_init(None),
-                       dot_general=dense_dot_general, name="transform")(h_BxMxD)
+                       dot_general=xla_cpu.dense_dot_general, name="transform")(h_BxMxD)
     h_BxMxD = Norm(cfg, name="norm")(act(h_BxMxD))
     if cfg.tie_embeddings:
       logits_BxMxV = embed.attend(h_BxMxD)
     else:
       logits_BxMxV = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype,
                               param_dtype=cfg.param_dtype, kernel_init=dense_init(cfg, "embed", "vocab"),
-                              dot_general=dense_dot_general, name="decoder")(h_BxMxD)
+                              dot_general=xla_cpu.dense_dot_general, name="decoder")(h_BxMxD)
     bias_V = self.param("bias", zeros_init("vocab"), (cfg.vocab_size,), cfg.param_dtype)
-    return materialize_grad(logits_BxMxV + bias_V).astype(jnp.float32)  # gradient read by two matmuls
+    return xla_cpu.materialize_grad(logits_BxMxV + bias_V).astype(jnp.float32)  # gradient read by two matmuls

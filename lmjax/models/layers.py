@@ -6,7 +6,9 @@ K head dim, F MLP hidden, V vocab, N layers.
 Every kernel carries logical axis names ("embed", "heads", "mlp", "vocab", ...)
 through `nn.with_logical_partitioning`; `training/parallel.py` maps them onto a
 device mesh. `nn.unbox` after `init` leaves plain arrays, so params are a plain
-pytree everywhere else.
+pytree everywhere else. Three XLA:CPU-only tricks are called by name from `xla_cpu.py`
+(Dense matmuls, gradient barriers, the tied head's table); on other platforms each is
+the plain operation, so a block copied without them only needs those lines made plain.
 """
 from __future__ import annotations
 
@@ -19,11 +21,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lmjax.models import xla_cpu
+
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "sinusoidal", "rotary")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "swiglu")
 ATTENTION = ("auto", "xla", "cudnn", "einsum")
 REMAT = ("none", "full", "dots", "dots_no_batch")
+DTYPES = ("float32", "bfloat16", "float16")
+PARAM_DTYPES = ("float32", "bfloat16")
+HEADS = ("mlm", "nsp", "classify", "span")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,16 +66,17 @@ class TransformerConfig:
 
   def __post_init__(self):
     for field, choices in (("norm", NORMS), ("position", POSITIONS), ("activation", ACTIVATIONS),
-                           ("attention", ATTENTION), ("remat", REMAT)):
+                           ("attention", ATTENTION), ("remat", REMAT), ("dtype", DTYPES),
+                           ("param_dtype", PARAM_DTYPES)):
       if getattr(self, field) not in choices:
         raise ValueError(f"model.{field}={getattr(self, field)!r} is not one of {choices}")
     if self.hidden % self.num_heads:
       raise ValueError(f"model.hidden={self.hidden} is not divisible by model.num_heads={self.num_heads}")
     if self.position == "rotary" and (self.hidden // self.num_heads) % 2:
       raise ValueError("rotary positions need an even head dim; change model.hidden or model.num_heads")
-    bad = set(self.heads) - {"mlm", "nsp", "classify", "span"}
+    bad = set(self.heads) - set(HEADS)
     if bad:
-      raise ValueError(f"model.heads has {sorted(bad)}; valid heads are mlm, nsp, classify, span")
+      raise ValueError(f"model.heads has {sorted(bad)}; valid heads are {', '.join(HEADS)}")
     if self.causal and set(self.heads) & {"nsp", "classify", "span"}:
       raise ValueError(f"a decoder (model.causal=True) cannot have heads {self.heads}; use an encoder")
 
@@ -91,62 +99,6 @@ def zeros_init(*axes):
 
 def ones_init(*axes):
   return nn.with_logical_partitioning(nn.initializers.ones_init(), axes)
-
-
-def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-  """`lax.dot_general` for every Dense layer (x W, x's features last, W's first), as a matmul
-  whose weight gradient XLA:CPU runs on its fast kernels.
-
-  The weight gradient x^T dy contracts x's token axis, its major one in memory; XLA:CPU's
-  YNNPACK matmuls do not take an operand transposed that way and it falls back to Eigen,
-  about 30% slower. Transposing x into memory first costs less than that: the GPT and BERT
-  training steps got 5% and 11% faster. Other backends, and other dimension numbers, go to
-  `lax.dot_general` as they are.
-  """
-  (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
-  n = len(lhs_contract)
-  plain = (tuple(lhs_contract) == tuple(range(lhs.ndim - n, lhs.ndim))
-           and tuple(rhs_contract) == tuple(range(n)) and not lhs_batch and not rhs_batch)
-  if jax.default_backend() != "cpu" or not plain or preferred_element_type is not None:
-    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision,
-                               preferred_element_type=preferred_element_type)
-  c = math.prod(rhs.shape[:n])
-  y_MxN = _matmul(lhs.reshape(-1, c), rhs.reshape(c, -1), precision)
-  return y_MxN.reshape(lhs.shape[:lhs.ndim - n] + rhs.shape[n:])
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _matmul(x_MxC, w_CxN, precision):
-  return jax.lax.dot_general(x_MxC, w_CxN, (((1,), (0,)), ((), ())), precision)
-
-
-def _matmul_fwd(x_MxC, w_CxN, precision):
-  return _matmul(x_MxC, w_CxN, precision), (x_MxC, w_CxN)
-
-
-def _matmul_bwd(precision, residuals, dy_MxN):
-  x_MxC, w_CxN = residuals
-  dx_MxC = jax.lax.dot_general(dy_MxN, w_CxN, (((1,), (1,)), ((), ())), precision)
-  dw_CxN = jax.lax.dot_general(_transpose_in_memory(x_MxC), dy_MxN, (((1,), (0,)), ((), ())), precision)
-  return dx_MxC.astype(x_MxC.dtype), dw_CxN.astype(w_CxN.dtype)
-
-
-_matmul.defvjp(_matmul_fwd, _matmul_bwd)
-
-
-def _in_memory(x, f=lambda x: x):
-  """f(x), written to memory by itself: XLA:CPU cannot fuse through a conditional."""
-  # Branches that look alike are merged away; x * 1.0 is x, bit for bit, NaN and -0 included.
-  return jax.lax.cond(jnp.isfinite(x[(0,) * x.ndim]), f, lambda x: f(x * 1.0), x)
-
-
-def _transpose_in_memory(x_MxC):
-  """x^T, written to memory transposed, for a matmul to read row by row.
-
-  Flat inside the conditional: a 2-D result would let XLA's layout assignment keep x's layout
-  and copy it once more outside, after recomputing x's producer to feed the conditional.
-  """
-  return _in_memory(x_MxC, lambda x: x.T.reshape(-1)).reshape(x_MxC.shape[::-1])
 
 
 class Norm(nn.Module):
@@ -186,9 +138,6 @@ def rotary(x_BxLxHxK, positions_BxL, base: float):
   return out.astype(x_BxLxHxK.dtype)
 
 
-TRANSPOSED_TABLE_MIN_ROWS = 1024  # tied LM head on CPU: logit rows (B x L) from which the table is transposed
-
-
 class Embed(nn.Module):
   """Token + position (+ segment) embeddings; `attend` gives the tied output projection."""
   cfg: TransformerConfig
@@ -221,16 +170,8 @@ class Embed(nn.Module):
   def attend(self, y_BxLxD):
     """Logits y E^T against the token table: the tied output projection."""
     y_BxLxD, table_VxD = nn.dtypes.promote_dtype(y_BxLxD, self.token.embedding, dtype=self.cfg.compute_dtype)
-    # On CPU a training step's backward is faster with the table transposed in memory (else
-    # XLA:CPU folds the transpose into slower matmuls); a forward alone is not: one row's
-    # logits take 0.05 ms, 0.65 ms with the copy (generate's loop hoists it, a caller that
-    # steps token by token would pay it every token).
-    rows = math.prod(y_BxLxD.shape[:-1])
-    if jax.default_backend() == "cpu" and rows >= TRANSPOSED_TABLE_MIN_ROWS:
-      table_DxV = _transpose_in_memory(table_VxD)
-    else:
-      table_DxV = table_VxD.T
-    return dense_dot_general(y_BxLxD, table_DxV, (((y_BxLxD.ndim - 1,), (0,)), ((), ())))
+    table_DxV = xla_cpu.transpose_table(table_VxD, rows=math.prod(y_BxLxD.shape[:-1]))
+    return xla_cpu.dense_dot_general(y_BxLxD, table_DxV, (((y_BxLxD.ndim - 1,), (0,)), ((), ())))
 
 
 def make_attention_mask(key_valid_BxS, causal: bool, query_slot_BxL=None, key_slot_BxS=None,
@@ -261,7 +202,7 @@ class Attention(nn.Module):
     cfg = self.cfg
     proj = functools.partial(nn.DenseGeneral, features=(cfg.num_heads, cfg.head_dim),
                              use_bias=cfg.use_bias, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype,
-                             dot_general=dense_dot_general,
+                             dot_general=xla_cpu.dense_dot_general,
                              kernel_init=dense_init(cfg, "embed", "heads", "kv"),
                              bias_init=zeros_init("heads", "kv"))
     q_BxLxHxK = proj(name="query")(x_BxLxD)
@@ -292,7 +233,7 @@ class Attention(nn.Module):
     y_BxLxHxK = dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask_Bx1xLxS, cfg,
                                       dropout_rng, causal=cfg.causal and cache is None)
     out = nn.DenseGeneral(cfg.hidden, axis=(-2, -1), use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
-                          param_dtype=cfg.param_dtype, dot_general=dense_dot_general,
+                          param_dtype=cfg.param_dtype, dot_general=xla_cpu.dense_dot_general,
                           kernel_init=dense_init(cfg, "heads", "kv", "embed"),
                           bias_init=zeros_init("embed"), name="out")
     return out(y_BxLxHxK), new_cache
@@ -311,7 +252,8 @@ def dot_product_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask_Bx1xLxS, cfg, dr
   full causal sequence, no cache) splits the queries into blocks of QUERY_BLOCK rows that
   skip the keys after their last row, which the mask hides anyway: n blocks skip (n-1)/2n of
   the scores. GPT training steps on CPU: seq 128 (2 blocks) -3.5%; at seq 512, blocks of 64,
-  128 or 256 rows measure the same.
+  128 or 256 rows measure the same. "auto" asks `jax.default_backend()`, the platform of the
+  devices every lmjax step is placed on (jit, pmap and the mesh alike).
   """
   use_jax_nn = cfg.attention in ("xla", "cudnn") or (cfg.attention == "auto" and jax.default_backend() == "gpu")
   if dropout_rng is None and use_jax_nn:
@@ -349,7 +291,7 @@ class Mlp(nn.Module):
   def __call__(self, x_BxLxD):
     cfg = self.cfg
     dense = functools.partial(nn.Dense, use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
-                              param_dtype=cfg.param_dtype, dot_general=dense_dot_general)
+                              param_dtype=cfg.param_dtype, dot_general=xla_cpu.dense_dot_general)
     up = functools.partial(dense, cfg.mlp_dim, kernel_init=dense_init(cfg, "embed", "mlp"),
                            bias_init=zeros_init("mlp"))
     if cfg.activation == "swiglu":
@@ -363,33 +305,6 @@ class Mlp(nn.Module):
                  bias_init=zeros_init("embed"), name="wo")(h_BxLxF)
 
 
-@jax.custom_vjp
-def materialize_grad(x):
-  """Identity whose cotangent XLA:CPU must compute once, in memory, before anyone reads it.
-
-  On the CPU backend XLA fuses the cheap adds of a pre-LN residual gradient into every
-  consumer, so each layer's weight-gradient transpose recomputed the sum of all the layers
-  above it (work quadratic in depth: 10% of a 4-layer GPT step). A conditional is one of the
-  few things its fusion pass cannot look through, and `optimization_barrier` is removed
-  before fusion there. Both branches are the identity, so the predicate never matters.
-  Other backends keep the plain identity: a conditional on a GPU waits for the host.
-  """
-  return x
-
-
-def _materialize_fwd(x):
-  return x, None
-
-
-def _materialize_bwd(_, g):
-  if jax.default_backend() != "cpu":
-    return (g,)
-  return (_in_memory(g),)
-
-
-materialize_grad.defvjp(_materialize_fwd, _materialize_bwd)
-
-
 class Block(nn.Module):
   """One Transformer layer; pre-LN: x + f(norm(x)), post-LN: norm(x + f(x))."""
   cfg: TransformerConfig
@@ -400,10 +315,10 @@ class Block(nn.Module):
     attn, mlp = Attention(cfg, name="attn"), Mlp(cfg, name="mlp")
     attn_norm, mlp_norm = Norm(cfg, name="attn_norm"), Norm(cfg, name="mlp_norm")
     drop = functools.partial(nn.Dropout(cfg.dropout_rate), deterministic=deterministic)
-    x_BxLxD = materialize_grad(x_BxLxD)
+    x_BxLxD = xla_cpu.materialize_grad(x_BxLxD)
     if cfg.pre_ln:
       a_BxLxD, new_cache = attn(attn_norm(x_BxLxD), mask_Bx1xLxS, positions_BxL, deterministic, cache)
-      x_BxLxD = materialize_grad(x_BxLxD + drop(a_BxLxD))
+      x_BxLxD = xla_cpu.materialize_grad(x_BxLxD + drop(a_BxLxD))
       x_BxLxD = x_BxLxD + drop(mlp(mlp_norm(x_BxLxD)))
     else:
       a_BxLxD, new_cache = attn(x_BxLxD, mask_Bx1xLxS, positions_BxL, deterministic, cache)

@@ -27,4 +27,4 @@ def report(means):
   return {"loss": c["loss"], "accuracy": c["correct"]}
 
 
-OBJECTIVE = Objective(prepare=prepare, loss=loss, report=report, causal=False, heads=("classify",))
+OBJECTIVE = Objective(prepare=prepare, loss=loss, report=report, causal=False, batch="classification", heads=("classify",))

@@ -41,4 +41,4 @@ def report(means):
           "z_loss": lm["z_loss"]}
 
 
-OBJECTIVE = Objective(prepare=prepare, loss=loss, report=report, causal=True)
+OBJECTIVE = Objective(prepare=prepare, loss=loss, report=report, causal=True, batch="clm")

@@ -42,6 +42,7 @@ class Objective:
   loss: Callable      # (model outputs, targets, settings) -> {term: {name: sum}}, "loss" per term
   report: Callable    # ({term: {name: global mean}}) -> flat metrics
   causal: bool        # the model it needs: a decoder (True) or an encoder (False)
+  batch: str          # the rows it reads: a layout of data/pipeline.py's ROWS ("clm", "pairs", ...)
   heads: tuple[str, ...] = ()  # encoder heads it reads
 
 

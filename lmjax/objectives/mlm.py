@@ -105,4 +105,4 @@ def report(means):
   return {"loss": mlm["loss"], "accuracy": mlm["correct"], "z_loss": mlm["z_loss"]}
 
 
-OBJECTIVE = Objective(prepare=prepare, loss=loss, report=report, causal=False, heads=("mlm",))
+OBJECTIVE = Objective(prepare=prepare, loss=loss, report=report, causal=False, batch="pairs", heads=("mlm",))

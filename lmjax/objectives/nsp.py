@@ -34,4 +34,4 @@ def report(means):
           "nsp_loss": means["nsp"]["loss"], "nsp_accuracy": means["nsp"]["correct"]}
 
 
-OBJECTIVE = Objective(prepare=prepare, loss=loss, report=report, causal=False, heads=("mlm", "nsp"))
+OBJECTIVE = Objective(prepare=prepare, loss=loss, report=report, causal=False, batch="pairs", heads=("mlm", "nsp"))

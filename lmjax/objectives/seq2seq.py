@@ -18,4 +18,4 @@ def prepare(batch, rng_B, s):
   return inputs, {**targets, "weights": {"lm": targets["weights"]["lm"] * next_is_target_BxL}}
 
 
-OBJECTIVE = Objective(prepare=prepare, loss=clm.loss, report=clm.report, causal=True)
+OBJECTIVE = Objective(prepare=prepare, loss=clm.loss, report=clm.report, causal=True, batch="features")

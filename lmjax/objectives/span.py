@@ -32,4 +32,4 @@ def report(means):
   return {"loss": span["loss"], "start_accuracy": span["start_correct"], "end_accuracy": span["end_correct"]}
 
 
-OBJECTIVE = Objective(prepare=prepare, loss=loss, report=report, causal=False, heads=("span",))
+OBJECTIVE = Objective(prepare=prepare, loss=loss, report=report, causal=False, batch="features", heads=("span",))

@@ -21,6 +21,8 @@ import optax
 from lmjax.errors import UserError
 
 NO_DECAY = ("bias", "scale")
+OPTIMIZERS = ("adamw", "adafactor", "lion")
+SCHEDULES = ("linear", "cosine", "inverse_sqrt", "constant")  # after the linear warmup
 
 
 def decay_mask(params):
@@ -48,7 +50,7 @@ def make_schedule(lr: float, schedule: str, warmup_steps: int, total_steps: int,
   elif schedule == "constant":
     decay = optax.constant_schedule(lr)
   else:
-    raise UserError(f"optim.schedule={schedule!r} is not one of linear, cosine, inverse_sqrt, constant")
+    raise UserError(f"optim.schedule={schedule!r} is not one of {list(SCHEDULES)}")
   if warmup_steps <= 0:
     return decay
   warmup = optax.linear_schedule(0.0, lr, warmup_steps)
@@ -71,7 +73,7 @@ def make_optimizer(name: str, lr: float, schedule: str = "cosine", warmup_steps:
     tx = optax.adafactor(lr_fn, clipping_threshold=None, multiply_by_parameter_scale=False,
                          weight_decay_rate=weight_decay or None, weight_decay_mask=decay_mask)
   else:
-    raise UserError(f"optim.name={name!r} is not one of adamw, adafactor, lion")
+    raise UserError(f"optim.name={name!r} is not one of {list(OPTIMIZERS)}")
   if clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(clip_norm), tx)
   return tx, lr_fn

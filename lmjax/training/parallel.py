@@ -141,6 +141,25 @@ def host_state(state: TrainState, mode: str) -> TrainState:
   return jax.tree.map(lambda x: x[0], state) if mode == "pmap" else state
 
 
+def restore_target(state: TrainState, mode: str) -> TrainState:
+  """ShapeDtypeStructs of one global copy of `state`, with the shardings to restore it into:
+  the mesh's own; for pmap one device, replicated after (its stacked layout is not a global array)."""
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device if mode == "pmap"
+                                                     else x.sharding), host_state(state, mode))
+
+
+def place_restored(restored: TrainState, target: TrainState, mode: str) -> TrainState:
+  """A state restored into `restore_target`'s layout -> laid out for `mode`; host scalars
+  (step, skipped) join the target's shardings."""
+  if mode == "pmap":
+    return replicate(restored)
+  if mode == "jit":
+    return jax.device_put(restored)
+  return restored.replace(step=jax.device_put(restored.step, target.step.sharding),
+                          skipped=jax.device_put(restored.skipped, target.skipped.sharding))
+
+
 # --- batches -------------------------------------------------------------------
 
 def put_batch(batch: dict, mode: str, mesh: Mesh | None = None) -> dict:

@@ -13,9 +13,11 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from lmjax import models
+from lmjax.errors import UserError
 
 
 @flax.struct.dataclass
@@ -39,3 +41,19 @@ def init_state(model_cfg: models.TransformerConfig, tx: optax.GradientTransforma
   params = nn.unbox(boxed_init(model_cfg, rng))["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     skipped=jnp.zeros((), jnp.int32))
+
+
+def graft(params, pretrained):
+  """`params` with each leaf replaced by `pretrained`'s at the same path (fine-tuning from a
+  pretrained model); leaves it lacks (a new task head) keep their fresh values. Host arrays."""
+  flat = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(pretrained)}
+
+  def pick(path, x):
+    y = flat.get(jax.tree_util.keystr(path))
+    if y is None:
+      return np.asarray(x)
+    if y.shape != x.shape:
+      raise UserError(f"pretrained {jax.tree_util.keystr(path)} has shape {y.shape}, this model needs "
+                      f"{x.shape}; the --init checkpoint's architecture does not fit this config")
+    return np.asarray(y, x.dtype)
+  return jax.tree_util.tree_map_with_path(pick, params)

@@ -1,4 +1,7 @@
-"""Orbax checkpoints in WORKDIR/checkpoints, one item per part of the training state.
+"""Orbax checkpoints in WORKDIR/checkpoints, one item per part of the training state, and a
+workdir's config.json: the I/O that training, inference and conversion all read and write.
+
+    model, params = load_model("runs/gpt_tiny")     # what lmjax.load returns
 
 Items: "params", "opt_state", "meta" (step, rng, skipped steps), "data" (input
 iterator state), "config" (the experiment config). A converted Hugging Face model
@@ -20,6 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from lmjax import models
 from lmjax.errors import UserError
 
 
@@ -95,6 +99,12 @@ def restore_params(workdir, step: int | None = None, target: Any = None):
       target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta.tree)
     restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
   return restored["params"]
+
+
+def load_model(workdir, step: int | None = None):
+  """(model, params) of a workdir: a training run or a converted Hugging Face checkpoint."""
+  cfg = models.model_config(read_config(workdir)["model"])
+  return models.build(cfg), restore_params(workdir, step)
 
 
 def rng_to_json(rng: jax.Array) -> list[int]:

@@ -1,0 +1,45 @@
+"""`lmjax bench data`: tokens/s of the input pipeline (read + tokenize + pack or pair + batch) on one CPU process.
+
+Compare with the tokens/s a training step consumes (`lmjax bench train`): the pipeline should be far ahead.
+"""
+import os
+import tempfile
+import time
+
+from lmjax import objectives
+from lmjax.data import pipeline, sources, tokenizer
+
+
+def main(cfg, args):
+  t0 = time.perf_counter()
+  source = sources.source_from_config(cfg.data, cfg.data.train_split)
+  print(f"corpus: {source} ready in {time.perf_counter() - t0:.1f}s")
+  workdir = getattr(args, "workdir", None)
+  if workdir and os.path.exists(os.path.join(workdir, "tokenizer.model")):
+    tok = tokenizer.load_tokenizer(workdir)
+  else:  # a throwaway tokenizer trained on a sample: the pipeline's speed barely depends on which one
+    t0 = time.perf_counter()
+    t = cfg.tokenizer
+    path = os.path.join(tempfile.mkdtemp(prefix="lmjax_bench_"), "tokenizer.model")
+    tok = tokenizer.train(tokenizer.sample_documents(source, min(t.sample_chars, 5_000_000)), path,
+                          vocab_size=t.vocab_size, model_type=t.model_type, byte_fallback=t.byte_fallback,
+                          character_coverage=t.character_coverage)
+    print(f"tokenizer: trained {t.model_type} {tok.vocab_size} on a sample in {time.perf_counter() - t0:.1f}s")
+
+  kind = objectives.OBJECTIVES[cfg.objective.name].batch
+  it = pipeline.iterator_from_config(cfg, tok, "train", kind=kind)
+  warmup = max(1, args.batches // 10)
+  for _ in range(warmup):
+    next(it)
+  real = padded = 0
+  t0 = time.perf_counter()
+  for _ in range(args.batches):
+    batch = next(it)
+    mask = batch["segment_ids"] if "segment_ids" in batch else batch["attention_mask"]
+    real += int((mask > 0).sum())
+    padded += mask.size
+  dt = time.perf_counter() - t0
+  print(f"data pipeline ({kind}, batch {cfg.data.batch_size} x seq {cfg.data.seq_len}, {args.batches} batches "
+        f"after {warmup} warm-up): {real / dt:,.0f} tokens/s ({padded / dt:,.0f} incl. padding), "
+        f"{args.batches / dt:,.1f} batches/s, {100 * real / max(padded, 1):.1f}% of positions are real tokens")
+  return {"tokens_per_s": real / dt, "batches_per_s": args.batches / dt}

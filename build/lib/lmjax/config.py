@@ -1,0 +1,198 @@
+"""Experiment configs: Python files with `get_config() -> ml_collections.ConfigDict`.
+
+    cfg = load_config("experiments/gpt_tiny.py", ["--config.optim.lr=3e-4"])
+
+Overrides use the convention of Flax's examples and big_vision (`--config.section.key=value`).
+Every key must already exist in the file's config and keep its type, so a typo or a
+wrong type fails here, before anything compiles.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.resources
+import importlib.util
+import pathlib
+from typing import Any, Sequence
+
+import ml_collections
+
+from lmjax import models, objectives, tasks
+from lmjax.errors import UserError
+from lmjax.models import layers
+from lmjax.training import loop, optim, parallel
+
+# The experiment configs ship inside the package as `lmjax.experiments` (pyproject.toml maps the
+# repo's experiments/ there), so an installed lmjax runs its default job from any directory.
+EXPERIMENTS = importlib.resources.files("lmjax.experiments")
+DEFAULT_CONFIG = "gpt_tiny"
+
+# Fields whose values come from a fixed set, each taken from the module that defines the set;
+# checked with the overrides, before anything compiles.
+CHOICES = {
+    "objective.name": tuple(objectives.OBJECTIVES),
+    "task.name": tuple(tasks.TASKS),
+    "optim.name": optim.OPTIMIZERS,
+    "optim.schedule": optim.SCHEDULES,
+    "parallel.mode": parallel.MODES,
+    "train.nonfinite": loop.NONFINITE,
+    "model.preset": ("",) + tuple(models.PRESETS),
+    "model.norm": layers.NORMS,
+    "model.position": layers.POSITIONS,
+    "model.activation": layers.ACTIVATIONS,
+    "model.attention": layers.ATTENTION,
+    "model.remat": layers.REMAT,
+    "model.dtype": layers.DTYPES,
+    "model.param_dtype": layers.PARAM_DTYPES,
+}
+
+
+class ConfigError(UserError):
+  pass
+
+
+def model_section(preset: str = "", **overrides) -> ml_collections.ConfigDict:
+  """Every TransformerConfig field, from a preset, so each one can be overridden by flag."""
+  return ml_collections.ConfigDict(models.model_fields(preset, **overrides))
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every section and key an experiment may set, with its default. Experiment files
+  start from this and change what they study, so each key is documented once, here."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model = model_section("gpt-tiny")
+  c.tokenizer = ml_collections.ConfigDict(dict(
+      vocab_size=8192,            # must equal model.vocab_size
+      model_type="unigram",       # or "bpe"
+      byte_fallback=True,
+      character_coverage=0.9995,
+      sample_chars=20_000_000,    # characters of the corpus to train on
+  ))
+  c.data = ml_collections.ConfigDict(dict(
+      source="default",           # "default" (offline corpus), "local" (data.path), or a TFDS name
+      path="",                    # local corpus: a directory or glob of .txt / .jsonl / .zip of .txt
+      txt_docs="file",            # .txt documents: one per "file", or per blank-line "paragraph"
+      max_chars=0,                # cap on the corpus size in characters; 0 = all of it
+      text_field="text",          # TFDS/JSONL field holding the text
+      data_dir="",                # TFDS data_dir; "" = ~/.cache/lmjax/tfds for default/local, TFDS's default otherwise
+      train_split="train",
+      eval_split="validation",
+      seq_len=128,
+      batch_size=16,              # global batch, all devices and hosts together
+      short_seq_prob=0.1,         # BERT pairs: share of shorter pairs (as in BERT)
+  ))
+  c.objective = ml_collections.ConfigDict(dict(
+      name="clm",                 # a name in objectives/__init__.py: "clm", "mlm", "mlm_nsp", ...
+      mask_rate=0.15,
+      whole_word=False,
+      max_predictions=20,         # MLM predictions per row; 0 = score all L positions
+      z_loss=0.0,
+      label_smoothing=0.0,
+  ))
+  c.optim = ml_collections.ConfigDict(dict(
+      name="adamw",               # optim.OPTIMIZERS: "adamw", "adafactor", "lion"
+      lr=1e-3,
+      schedule="cosine",          # after linear warmup: "linear", "cosine", "inverse_sqrt", "constant"
+      warmup_steps=100,
+      end_lr_ratio=0.1,
+      weight_decay=0.01,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      clip_norm=1.0,
+      grad_accum=1,               # micro-batches per update
+  ))
+  c.train = ml_collections.ConfigDict(dict(
+      steps=1000,
+      log_every=50,
+      eval_every=500,
+      eval_batches=20,
+      checkpoint_every=500,
+      keep=2,                     # last K checkpoints, plus the best by best_metric
+      best_metric="loss",         # an eval metric, lower is better; "" keeps only the last K
+      nonfinite="halt",           # "skip" drops the step; "halt" stops with the offending metric
+      samples=3,                  # generated (decoders) at the end
+  ))
+  c.parallel = ml_collections.ConfigDict(dict(
+      mode="jit",                 # "jit" (one device), "pmap", or "mesh"
+      data=-1, fsdp=1, tensor=1,  # mesh shape; data=-1 takes every device left over
+  ))
+  return c
+
+
+def config_path(name: str | None):
+  """A config file's path: a file as given, or the name of a shipped experiment (`bert_tiny`,
+  `experiments/bert_tiny.py` from any directory); None is the default job."""
+  path = pathlib.Path(name or DEFAULT_CONFIG)
+  if path.is_file():
+    return path
+  shipped = EXPERIMENTS / (path.stem + ".py")
+  if path.parent.name in ("", "experiments") and shipped.is_file():
+    return shipped
+  known = sorted(p.name[:-3] for p in EXPERIMENTS.iterdir() if p.name.endswith(".py") and not p.name.startswith("_"))
+  raise ConfigError(f"no config file {str(name)!r}; lmjax ships {known}")
+
+
+def load_config(path: str | None, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  with importlib.resources.as_file(config_path(None if path is None else str(path))) as path:
+    spec = importlib.util.spec_from_file_location(f"lmjax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"{path} defines no get_config(); a config file returns an ml_collections.ConfigDict")
+  cfg = module.get_config()
+  apply_overrides(cfg, overrides)
+  return cfg
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
+  for flag in overrides:
+    if not flag.startswith("--config.") or "=" not in flag:
+      raise ConfigError(f"bad override {flag!r}; write --config.section.key=value")
+    key, raw = flag[len("--config."):].split("=", 1)
+    set_value(cfg, key, raw)
+  check_choices(cfg)
+
+
+def set_value(cfg: ml_collections.ConfigDict, key: str, raw: str) -> None:
+  *parents, leaf = key.split(".")
+  node = cfg
+  for i, part in enumerate(parents):
+    if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+      raise ConfigError(f"unknown config key {key!r}: no section {'.'.join(parents[:i + 1])!r}; "
+                        f"sections are {sorted(k for k in node if isinstance(node[k], ml_collections.ConfigDict))}")
+    node = node[part]
+  if leaf not in node:
+    raise ConfigError(f"unknown config key {key!r}; valid keys here are {sorted(node.keys())}")
+  old = node[leaf]
+  node[leaf] = parse_value(key, raw, old)
+
+
+def parse_value(key: str, raw: str, old: Any) -> Any:
+  if isinstance(old, bool):
+    if raw.lower() in ("true", "1", "yes"):
+      return True
+    if raw.lower() in ("false", "0", "no"):
+      return False
+    raise ConfigError(f"--config.{key}={raw!r}: expected true or false")
+  if isinstance(old, str):
+    return raw
+  try:
+    value = ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    raise ConfigError(f"--config.{key}={raw!r}: expected a {type(old).__name__}") from None
+  if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  if isinstance(old, (tuple, list)) and isinstance(value, (tuple, list)):
+    return type(old)(value)
+  if old is not None and type(value) is not type(old):
+    raise ConfigError(f"--config.{key}={raw!r}: expected a {type(old).__name__}, got a {type(value).__name__}")
+  return value
+
+
+def check_choices(cfg: ml_collections.ConfigDict) -> None:
+  for key, choices in CHOICES.items():
+    section, leaf = key.split(".")
+    if section in cfg and leaf in cfg[section] and cfg[section][leaf] not in choices:
+      raise ConfigError(f"{key}={cfg[section][leaf]!r} is not one of {list(choices)}")
+

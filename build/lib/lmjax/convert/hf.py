@@ -1,0 +1,417 @@
+"""Hugging Face BERT and GPT-2 checkpoints <-> lmjax workdirs.
+
+    lmjax convert --from-hf HF_DIR --workdir OUT    # config.json + model.safetensors -> OUT
+    lmjax convert --to-hf --workdir OUT --out HF_DIR
+
+One table per architecture names each HF tensor, the lmjax param it becomes, and
+the layout change between them. The table runs both ways: export applies it to
+params, and import checks every HF tensor against the shape that export would
+give for the config, so a config.json that disagrees with its weights fails by
+name before anything is written.
+
+Import keeps what lmjax builds: a bare BertModel's pooler is dropped (lmjax has a
+pooler only under an "nsp" or "classify" head), and so the exported BertModel
+gets a freshly initialized pooler from transformers. tests/test_convert.py pins
+logit parity with transformers both ways.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from lmjax.checkpoint import read_config, restore_params, save_params, write_config
+from lmjax.errors import UserError
+from lmjax.models import init_params, model_config, model_fields, unstack_layers
+
+SUPPORTED = ("bert (BertModel, BertForPreTraining, BertForMaskedLM, BertForNextSentencePrediction) "
+             "and gpt2 (GPT2Model, GPT2LMHeadModel)")
+ARCHITECTURES = {"bert": ("BertModel", "BertForPreTraining", "BertForMaskedLM", "BertForNextSentencePrediction"),
+                 "gpt2": ("GPT2Model", "GPT2LMHeadModel")}
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "merges.txt", "vocab.json")
+BERT_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
+
+# (HF name without the "bert."/"transformer." prefix, lmjax param path(s), layout).
+# "{i}" runs over layers. An entry applies when the model's params hold its path.
+BERT = [
+    ("embeddings.word_embeddings.weight", "embed/token/embedding", "same"),
+    ("embeddings.position_embeddings.weight", "embed/position/embedding", "same"),
+    ("embeddings.token_type_embeddings.weight", "embed/segment/embedding", "same"),
+    ("embeddings.LayerNorm.weight", "embed_norm/scale", "same"),
+    ("embeddings.LayerNorm.bias", "embed_norm/bias", "same"),
+    ("encoder.layer.{i}.attention.self.query.weight", "stack/layer_{i}/attn/query/kernel", "qkv"),
+    ("encoder.layer.{i}.attention.self.query.bias", "stack/layer_{i}/attn/query/bias", "qkv_bias"),
+    ("encoder.layer.{i}.attention.self.key.weight", "stack/layer_{i}/attn/key/kernel", "qkv"),
+    ("encoder.layer.{i}.attention.self.key.bias", "stack/layer_{i}/attn/key/bias", "qkv_bias"),
+    ("encoder.layer.{i}.attention.self.value.weight", "stack/layer_{i}/attn/value/kernel", "qkv"),
+    ("encoder.layer.{i}.attention.self.value.bias", "stack/layer_{i}/attn/value/bias", "qkv_bias"),
+    ("encoder.layer.{i}.attention.output.dense.weight", "stack/layer_{i}/attn/out/kernel", "attn_out"),
+    ("encoder.layer.{i}.attention.output.dense.bias", "stack/layer_{i}/attn/out/bias", "same"),
+    ("encoder.layer.{i}.attention.output.LayerNorm.weight", "stack/layer_{i}/attn_norm/scale", "same"),
+    ("encoder.layer.{i}.attention.output.LayerNorm.bias", "stack/layer_{i}/attn_norm/bias", "same"),
+    ("encoder.layer.{i}.intermediate.dense.weight", "stack/layer_{i}/mlp/wi/kernel", "linear"),
+    ("encoder.layer.{i}.intermediate.dense.bias", "stack/layer_{i}/mlp/wi/bias", "same"),
+    ("encoder.layer.{i}.output.dense.weight", "stack/layer_{i}/mlp/wo/kernel", "linear"),
+    ("encoder.layer.{i}.output.dense.bias", "stack/layer_{i}/mlp/wo/bias", "same"),
+    ("encoder.layer.{i}.output.LayerNorm.weight", "stack/layer_{i}/mlp_norm/scale", "same"),
+    ("encoder.layer.{i}.output.LayerNorm.bias", "stack/layer_{i}/mlp_norm/bias", "same"),
+    ("pooler.dense.weight", "pooler/kernel", "linear"),
+    ("pooler.dense.bias", "pooler/bias", "same"),
+    ("cls.seq_relationship.weight", "nsp_head/kernel", "linear"),
+    ("cls.seq_relationship.bias", "nsp_head/bias", "same"),
+    ("cls.predictions.transform.dense.weight", "mlm_head/transform/kernel", "linear"),
+    ("cls.predictions.transform.dense.bias", "mlm_head/transform/bias", "same"),
+    ("cls.predictions.transform.LayerNorm.weight", "mlm_head/norm/scale", "same"),
+    ("cls.predictions.transform.LayerNorm.bias", "mlm_head/norm/bias", "same"),
+    ("cls.predictions.bias", "mlm_head/bias", "same"),
+    ("cls.predictions.decoder.weight", "mlm_head/decoder/kernel", "linear"),  # untied only
+]
+GPT2 = [
+    ("wte.weight", "embed/token/embedding", "same"),
+    ("wpe.weight", "embed/position/embedding", "same"),
+    ("h.{i}.ln_1.weight", "stack/layer_{i}/attn_norm/scale", "same"),
+    ("h.{i}.ln_1.bias", "stack/layer_{i}/attn_norm/bias", "same"),
+    ("h.{i}.attn.c_attn.weight", ("stack/layer_{i}/attn/query/kernel", "stack/layer_{i}/attn/key/kernel",
+                                  "stack/layer_{i}/attn/value/kernel"), "conv_qkv"),
+    ("h.{i}.attn.c_attn.bias", ("stack/layer_{i}/attn/query/bias", "stack/layer_{i}/attn/key/bias",
+                                "stack/layer_{i}/attn/value/bias"), "conv_qkv_bias"),
+    ("h.{i}.attn.c_proj.weight", "stack/layer_{i}/attn/out/kernel", "conv_attn_out"),
+    ("h.{i}.attn.c_proj.bias", "stack/layer_{i}/attn/out/bias", "same"),
+    ("h.{i}.ln_2.weight", "stack/layer_{i}/mlp_norm/scale", "same"),
+    ("h.{i}.ln_2.bias", "stack/layer_{i}/mlp_norm/bias", "same"),
+    ("h.{i}.mlp.c_fc.weight", "stack/layer_{i}/mlp/wi/kernel", "same"),  # Conv1D weights are in x out
+    ("h.{i}.mlp.c_fc.bias", "stack/layer_{i}/mlp/wi/bias", "same"),
+    ("h.{i}.mlp.c_proj.weight", "stack/layer_{i}/mlp/wo/kernel", "same"),
+    ("h.{i}.mlp.c_proj.bias", "stack/layer_{i}/mlp/wo/bias", "same"),
+    ("ln_f.weight", "final_norm/scale", "same"),
+    ("ln_f.bias", "final_norm/bias", "same"),
+    ("lm_head.weight", "lm_head/kernel", "linear"),  # untied only
+]
+TABLES = {"bert": BERT, "gpt2": GPT2}
+HEAD_NAMES = {"bert": ("cls.",), "gpt2": ("lm_head.",)}  # names outside the base model's prefix
+PREFIXES = {"bert": "bert.", "gpt2": "transformer."}
+# Buffers and tied copies that carry no parameters of their own.
+IGNORED_SUFFIXES = ("position_ids", "attn.bias", "attn.masked_bias", "cls.predictions.decoder.bias")
+
+
+def layouts(D: int, H: int, K: int):
+  """layout -> (HF tensor -> lmjax arrays, lmjax arrays -> HF tensor). torch Linear
+  weights are out x in; GPT-2's Conv1D weights are in x out, q/k/v fused on the out axis."""
+  return {
+      "same": (lambda w: [w], lambda w: w),
+      "linear": (lambda w: [w.T], lambda w: w.T),
+      "qkv": (lambda w: [w.T.reshape(D, H, K)], lambda w_DxHxK: w_DxHxK.reshape(D, H * K).T),
+      "qkv_bias": (lambda b: [b.reshape(H, K)], lambda b_HxK: b_HxK.reshape(H * K)),
+      "attn_out": (lambda w: [w.T.reshape(H, K, D)], lambda w_HxKxD: w_HxKxD.reshape(H * K, D).T),
+      "conv_qkv": (lambda w_Dx3D: [x.reshape(D, H, K) for x in np.split(w_Dx3D, 3, axis=1)],
+                   lambda *w_DxHxK: jnp.concatenate([w.reshape(D, H * K) for w in w_DxHxK], axis=1)),
+      "conv_qkv_bias": (lambda b_3D: [x.reshape(H, K) for x in np.split(b_3D, 3)],
+                        lambda *b_HxK: jnp.concatenate([b.reshape(H * K) for b in b_HxK])),
+      "conv_attn_out": (lambda w: [w.reshape(H, K, D)], lambda w_HxKxD: w_HxKxD.reshape(H * K, D)),
+  }
+
+
+def entries(model_type: str, cfg, param_paths: set[str]):
+  """The table's rows for this model: layers expanded, rows for absent params left out."""
+  rows = []
+  for hf_name, paths, layout in TABLES[model_type]:
+    for i in range(cfg.num_layers) if "{i}" in hf_name else [None]:
+      fill = (lambda s, i=i: s.format(i=i)) if i is not None else (lambda s: s)
+      names = tuple(fill(p) for p in ((paths,) if isinstance(paths, str) else paths))
+      if all(n in param_paths for n in names):
+        rows.append((fill(hf_name), names, layout))
+  return rows
+
+
+def flatten(tree, prefix=""):
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, f"{prefix}{k}/"))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def unflatten(flat):
+  tree = {}
+  for path, v in flat.items():
+    *parents, leaf = path.split("/")
+    node = tree
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = v
+  return tree
+
+
+def to_hf_weights(model_type: str, cfg, flat_params) -> dict:
+  """lmjax params (flat, '/'-joined paths) -> HF tensors named without the base-model prefix."""
+  lay = layouts(cfg.hidden, cfg.num_heads, cfg.head_dim)
+  rows = entries(model_type, cfg, set(flat_params))
+  covered = {n for _, names, _ in rows for n in names}
+  if covered != set(flat_params):
+    raise AssertionError(f"convert/hf.py tables miss lmjax params {sorted(set(flat_params) - covered)}")
+  return {hf: lay[layout][1](*(flat_params[n] for n in names)) for hf, names, layout in rows}
+
+
+# ---------------------------------------------------------------- import
+
+
+def import_hf(hf_dir, workdir) -> str:
+  """Convert a save_pretrained directory into an lmjax workdir; validates all before writing.
+  Returns a one-line summary."""
+  hf_dir, workdir = pathlib.Path(hf_dir), pathlib.Path(workdir)
+  if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
+    raise UserError(f"--workdir {workdir} already exists and is not empty; choose a new directory")
+  hf_cfg = read_hf_config(hf_dir)
+  model_type = hf_cfg["model_type"]
+  weights = read_safetensors(hf_dir)
+  prefix = PREFIXES[model_type]
+  weights = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in weights.items()}
+  fields = (bert_fields if model_type == "bert" else gpt2_fields)(hf_cfg, weights)
+  try:
+    cfg = model_config(dict(fields))
+  except (ValueError, TypeError) as e:
+    raise UserError(f"{hf_dir / 'config.json'}: {e}") from None
+
+  # The shapes export would give for this config are the shapes import must find.
+  expected = flatten(jax.eval_shape(lambda: init_params(cfg, jax.random.key(0))))
+  hf_shapes = jax.eval_shape(lambda: to_hf_weights(model_type, cfg, expected_zeros(expected)))
+  rows = entries(model_type, cfg, set(expected))
+  check_weights(hf_dir, cfg, weights, {hf: hf_shapes[hf] for hf, _, _ in rows})  # in table order
+
+  lay = layouts(cfg.hidden, cfg.num_heads, cfg.head_dim)
+  flat = {}
+  for hf, names, layout in rows:
+    flat.update(zip(names, lay[layout][0](np.asarray(weights[hf], np.float32))))
+  params = unflatten({k: np.ascontiguousarray(v) for k, v in flat.items()})
+
+  config = {"model": model_fields("", **fields),
+            "source": {"hf_dir": str(hf_dir.resolve()), "model_type": model_type,
+                       "architectures": hf_cfg.get("architectures") or []}}
+  created = not workdir.exists()
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_config(workdir, config)
+    save_params(workdir, params, config)
+    tokenizer_files = [hf_dir / f for f in TOKENIZER_FILES if (hf_dir / f).is_file()]
+    if tokenizer_files:
+      (workdir / "tokenizer").mkdir()
+      for f in tokenizer_files:
+        shutil.copy2(f, workdir / "tokenizer" / f.name)
+  except BaseException:
+    # Leave no half-written workdir: a later `lmjax load` would trust it.
+    if created:
+      shutil.rmtree(workdir, ignore_errors=True)
+    else:
+      for child in workdir.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+    raise
+  return (f"{model_type} ({cfg.num_layers} layers, D={cfg.hidden}, heads {cfg.heads or '()'}) "
+          f"from {hf_dir} -> {workdir}")
+
+
+def expected_zeros(flat_shapes):
+  return {k: jnp.zeros(s.shape, s.dtype) for k, s in flat_shapes.items()}
+
+
+def read_hf_config(hf_dir: pathlib.Path) -> dict:
+  if not hf_dir.is_dir():
+    raise UserError(f"--from-hf {hf_dir}: no such directory; point it at a save_pretrained directory")
+  path = hf_dir / "config.json"
+  if not path.is_file():
+    raise UserError(f"{hf_dir} has no config.json; is it a Hugging Face save_pretrained directory?")
+  try:
+    hf_cfg = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise UserError(f"{path} is not valid JSON ({e})") from None
+  model_type = hf_cfg.get("model_type")
+  if model_type not in ARCHITECTURES:
+    raise UserError(f"{path}: model_type {model_type!r} is not supported; lmjax converts {SUPPORTED}")
+  bad = [a for a in hf_cfg.get("architectures") or [] if a not in ARCHITECTURES[model_type]]
+  if bad:
+    raise UserError(f"{path}: architecture {bad[0]} is not supported; lmjax converts {SUPPORTED}")
+  return hf_cfg
+
+
+def read_safetensors(hf_dir: pathlib.Path) -> dict[str, np.ndarray]:
+  index = hf_dir / "model.safetensors.index.json"
+  if index.is_file():
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+  elif (hf_dir / "model.safetensors").is_file():
+    files = ["model.safetensors"]
+  else:
+    pickles = sorted(p.name for pattern in ("*.bin", "*.pt", "*.pth") for p in hf_dir.glob(pattern))
+    found = f"only pickle weights ({', '.join(pickles)})" if pickles else "no model.safetensors"
+    raise UserError(f"{hf_dir} has {found}; lmjax reads safetensors only: re-save it with "
+                    f"model.save_pretrained(dir, safe_serialization=True)")
+  weights = {}
+  for f in files:
+    try:
+      weights.update(load_file(str(hf_dir / f)))
+    except Exception as e:  # noqa: BLE001 -- safetensors raises several types for a bad file
+      raise UserError(f"cannot read {hf_dir / f}: {str(e).splitlines()[0]}") from None
+  return weights
+
+
+def need(hf_cfg: dict, key: str, want, default=None):
+  """Refuse a config option whose effect lmjax does not implement."""
+  got = hf_cfg.get(key, default)
+  if got != want:
+    raise UserError(f"config.json sets {key}={got!r}; lmjax converts only {key}={want!r}")
+
+
+def bert_fields(hf_cfg: dict, weights: dict) -> dict:
+  need(hf_cfg, "position_embedding_type", "absolute", "absolute")
+  need(hf_cfg, "is_decoder", False, False)
+  need(hf_cfg, "add_cross_attention", False, False)
+  act = hf_cfg.get("hidden_act", "gelu")
+  if act not in BERT_ACTIVATIONS:
+    raise UserError(f"config.json sets hidden_act={act!r}; lmjax converts BERT with {sorted(BERT_ACTIVATIONS)}")
+  heads = tuple(h for h, prefix in (("mlm", "cls.predictions."), ("nsp", "cls.seq_relationship."))
+                if any(k.startswith(prefix) for k in weights))
+  return dict(vocab_size=hf_cfg["vocab_size"], hidden=hf_cfg["hidden_size"],
+              num_layers=hf_cfg["num_hidden_layers"], num_heads=hf_cfg["num_attention_heads"],
+              mlp_dim=hf_cfg["intermediate_size"], max_len=hf_cfg["max_position_embeddings"],
+              type_vocab_size=hf_cfg["type_vocab_size"], causal=False, pre_ln=False, norm="layernorm",
+              norm_eps=hf_cfg.get("layer_norm_eps", 1e-12), position="learned",
+              activation=BERT_ACTIVATIONS[act], use_bias=True,
+              tie_embeddings=hf_cfg.get("tie_word_embeddings", True), heads=heads,
+              dropout_rate=hf_cfg.get("hidden_dropout_prob", 0.1),
+              attention_dropout_rate=hf_cfg.get("attention_probs_dropout_prob", 0.1),
+              init_std=hf_cfg.get("initializer_range", 0.02))
+
+
+def gpt2_fields(hf_cfg: dict, weights: dict) -> dict:
+  need(hf_cfg, "scale_attn_weights", True, True)
+  need(hf_cfg, "scale_attn_by_inverse_layer_idx", False, False)
+  need(hf_cfg, "add_cross_attention", False, False)
+  act = hf_cfg.get("activation_function", "gelu_new")
+  if act not in GPT2_ACTIVATIONS:
+    raise UserError(f"config.json sets activation_function={act!r}; lmjax converts GPT-2 with "
+                    f"{sorted(GPT2_ACTIVATIONS)}")
+  D = hf_cfg["n_embd"]
+  return dict(vocab_size=hf_cfg["vocab_size"], hidden=D, num_layers=hf_cfg["n_layer"],
+              num_heads=hf_cfg["n_head"], mlp_dim=hf_cfg.get("n_inner") or 4 * D,
+              max_len=hf_cfg["n_positions"], type_vocab_size=0, causal=True, pre_ln=True,
+              norm="layernorm", norm_eps=hf_cfg.get("layer_norm_epsilon", 1e-5), position="learned",
+              activation=GPT2_ACTIVATIONS[act], use_bias=True,
+              tie_embeddings=hf_cfg.get("tie_word_embeddings", True), heads=(),
+              dropout_rate=hf_cfg.get("resid_pdrop", 0.1), attention_dropout_rate=hf_cfg.get("attn_pdrop", 0.1),
+              init_std=hf_cfg.get("initializer_range", 0.02))
+
+
+def check_weights(hf_dir, cfg, weights: dict, hf_expected: dict) -> None:
+  for name, want in hf_expected.items():
+    if name not in weights:
+      raise UserError(f"{hf_dir}: weight {name} is missing from model.safetensors "
+                      f"(config.json implies shape {tuple(want.shape)})")
+    if tuple(weights[name].shape) != tuple(want.shape):
+      raise UserError(f"{hf_dir}: weight {name} has shape {tuple(weights[name].shape)} but config.json "
+                      f"implies {tuple(want.shape)}; the config does not describe these weights")
+  # Tied output layers may be saved as copies; the pooler of a bare BertModel is dropped (module docstring).
+  skip = set()
+  if cfg.tie_embeddings:
+    skip |= {"cls.predictions.decoder.weight", "lm_head.weight"}
+  if not {"nsp", "classify"} & set(cfg.heads):
+    skip |= {"pooler.dense.weight", "pooler.dense.bias"}
+  unused = sorted(n for n in set(weights) - set(hf_expected) - skip if not n.endswith(IGNORED_SUFFIXES))
+  if unused:
+    more = f" and {len(unused) - 3} more" if len(unused) > 3 else ""
+    raise UserError(f"{hf_dir}: model.safetensors has weights lmjax cannot place ({', '.join(unused[:3])}{more}); "
+                    f"lmjax converts {SUPPORTED}")
+
+
+# ---------------------------------------------------------------- export
+
+# lmjax encoder heads -> the transformers class that holds exactly those weights.
+BERT_EXPORT = {(): "BertModel", ("mlm",): "BertForMaskedLM", ("nsp",): "BertForNextSentencePrediction",
+               ("mlm", "nsp"): "BertForPreTraining"}
+BERT_ACT_NAMES = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
+GPT2_ACT_NAMES = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
+
+
+def export_hf(workdir, out) -> str:
+  """Write OUT/config.json + OUT/model.safetensors (+ tokenizer files) that transformers loads.
+  Returns a one-line summary."""
+  workdir, out = pathlib.Path(workdir), pathlib.Path(out)
+  if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    raise UserError(f"--out {out} already exists and is not empty; choose a new directory")
+  cfg = model_config(read_config(workdir)["model"])
+  model_type = "gpt2" if cfg.causal else "bert"
+  hf_cfg = (gpt2_config if cfg.causal else bert_config)(cfg)
+  params = restore_params(workdir)
+  if "layers" in params["stack"]:
+    params = unstack_layers(params, cfg.num_layers)
+  flat = flatten(jax.tree.map(np.asarray, params))
+  # safetensors.numpy has no bfloat16; transformers casts on load if asked.
+  weights = {k: np.ascontiguousarray(v, np.float32)
+             for k, v in to_hf_weights(model_type, cfg, flat).items()}
+  if model_type == "bert" and not cfg.type_vocab_size:
+    # HF BERT always adds a token-type row; an all-zero one leaves outputs unchanged.
+    weights["embeddings.token_type_embeddings.weight"] = np.zeros((1, cfg.hidden), np.float32)
+  if "mlm_head/decoder/kernel" in flat:
+    # Untied, transformers may keep the decoder's bias apart from cls.predictions.bias.
+    weights["cls.predictions.decoder.bias"] = weights["cls.predictions.bias"]
+  if hf_cfg["architectures"][0] not in ("BertModel", "GPT2Model"):
+    prefix = PREFIXES[model_type]
+    weights = {k if k.startswith(HEAD_NAMES[model_type]) else prefix + k: v for k, v in weights.items()}
+
+  created = not out.exists()
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(hf_cfg, indent=2, sort_keys=True) + "\n")
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    for f in TOKENIZER_FILES:
+      if (workdir / "tokenizer" / f).is_file():
+        shutil.copy2(workdir / "tokenizer" / f, out / f)
+  except BaseException:
+    if created:
+      shutil.rmtree(out, ignore_errors=True)
+    raise
+  return f"{workdir} -> {out} ({hf_cfg['architectures'][0]})"
+
+
+def refuse(cfg, checks) -> None:
+  for ok, what in checks:
+    if not ok:
+      raise UserError(f"this model has {what}, which Hugging Face "
+                      f"{'GPT-2' if cfg.causal else 'BERT'} cannot express; it cannot be exported")
+
+
+def bert_config(cfg) -> dict:
+  refuse(cfg, [(cfg.norm == "layernorm", f"model.norm={cfg.norm!r}"),
+               (cfg.position == "learned", f"model.position={cfg.position!r}"),
+               (cfg.activation in BERT_ACT_NAMES, f"model.activation={cfg.activation!r}"),
+               (not cfg.pre_ln, "model.pre_ln=True"), (cfg.use_bias, "model.use_bias=False"),
+               (tuple(sorted(cfg.heads)) in BERT_EXPORT, f"model.heads={tuple(cfg.heads)} "
+                                                         f"(exportable: {list(BERT_EXPORT)})")])
+  return {"architectures": [BERT_EXPORT[tuple(sorted(cfg.heads))]], "model_type": "bert",
+          "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden, "num_hidden_layers": cfg.num_layers,
+          "num_attention_heads": cfg.num_heads, "intermediate_size": cfg.mlp_dim,
+          "hidden_act": BERT_ACT_NAMES[cfg.activation], "max_position_embeddings": cfg.max_len,
+          "type_vocab_size": max(cfg.type_vocab_size, 1), "layer_norm_eps": cfg.norm_eps,
+          "position_embedding_type": "absolute", "tie_word_embeddings": cfg.tie_embeddings,
+          "hidden_dropout_prob": cfg.dropout_rate, "attention_probs_dropout_prob": cfg.attention_dropout_rate,
+          "initializer_range": cfg.init_std, "pad_token_id": 0}
+
+
+def gpt2_config(cfg) -> dict:
+  refuse(cfg, [(cfg.norm == "layernorm", f"model.norm={cfg.norm!r}"),
+               (cfg.position == "learned", f"model.position={cfg.position!r}"),
+               (cfg.activation in GPT2_ACT_NAMES, f"model.activation={cfg.activation!r}"),
+               (cfg.pre_ln, "model.pre_ln=False"), (cfg.use_bias, "model.use_bias=False"),
+               (not cfg.type_vocab_size, f"model.type_vocab_size={cfg.type_vocab_size}")])
+  return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.vocab_size,
+          "n_embd": cfg.hidden, "n_layer": cfg.num_layers, "n_head": cfg.num_heads, "n_inner": cfg.mlp_dim,
+          "n_positions": cfg.max_len, "activation_function": GPT2_ACT_NAMES[cfg.activation],
+          "layer_norm_epsilon": cfg.norm_eps, "tie_word_embeddings": cfg.tie_embeddings,
+          "resid_pdrop": cfg.dropout_rate, "embd_pdrop": cfg.dropout_rate,
+          "attn_pdrop": cfg.attention_dropout_rate, "initializer_range": cfg.init_std}

@@ -1,0 +1,393 @@
+"""Batches for training and evaluation, as numpy dicts: causal-LM rows, BERT sentence pairs, classification.
+
+Every iterator reads documents through one index stream: grain shuffles the split's indices by seed
+(a new order each epoch, epochs back to back), and the process takes every shard_count-th index of
+that endless stream, starting at shard_index. So the shards are disjoint, together they cover each
+epoch once, and the position in the stream is a plain integer. That integer, plus an offset inside
+the current document, is the whole iterator state: `it.get_state()` is a small JSON-able dict and
+`it.set_state(state)` resumes with exactly the batches that would have come next.
+Everything drawn at random for a document (BERT pair lengths, next-or-random) comes from an rng
+seeded by (seed, its position in the global stream), so it is the same however the data is sharded.
+
+Evaluation iterators make one pass over the split in order (no shuffle) and then stop; the last
+batch is padded with empty rows (segment_ids / attention_mask all 0), which losses weight out.
+Give them num_batches when several processes evaluate: each then yields exactly that many batches
+(all-padding ones once its shard is done), so no process waits on another in a collective.
+"""
+import functools
+import random
+import re
+
+import grain
+import numpy as np
+
+from lmjax.errors import UserError
+
+TOKENIZE_CHUNK = 64   # documents tokenized together: encode_batch is much faster than one at a time
+
+
+class _DocStream:
+  """The documents one process reads, in order: global stream position g = shard_index + j * shard_count."""
+
+  def __init__(self, source, *, seed: int, shard_index: int, shard_count: int, train: bool):
+    if not 0 <= shard_index < shard_count:
+      raise UserError(f"shard_index {shard_index} not in [0, shard_count={shard_count})")
+    if len(source) < shard_count:
+      raise UserError(f"{source} has {len(source)} documents, fewer than the {shard_count} processes reading it")
+    self.source, self.shard_index, self.shard_count = source, shard_index, shard_count
+    indices = grain.MapDataset.range(len(source))
+    if train:
+      indices = indices.shuffle(seed=seed).repeat()  # reshuffled each epoch
+    self.indices = indices[shard_index::shard_count]
+
+  def __len__(self):
+    return len(self.indices)
+
+  def global_position(self, j: int) -> int:
+    return self.shard_index + j * self.shard_count
+
+  def source_index(self, j: int) -> int:
+    return int(self.indices[j])
+
+
+class _TokenCache:
+  """Token ids of stream documents, tokenized TOKENIZE_CHUNK at a time as the reader moves forward."""
+
+  def __init__(self, stream: _DocStream, tokenizer):
+    self.stream, self.tokenizer = stream, tokenizer
+    self.start, self.ids = 0, []
+
+  def __call__(self, j: int) -> list[int]:
+    if not self.start <= j < self.start + len(self.ids):
+      end = min(j + TOKENIZE_CHUNK, len(self.stream))
+      self.start = j
+      self.ids = self.tokenizer.encode_batch([self.stream.source[self.stream.source_index(k)] for k in range(j, end)])
+    return self.ids[j - self.start]
+
+
+class LMRows:
+  """Causal-LM rows: documents + EOS, concatenated and cut into rows of seq_len; no token dropped or repeated.
+  A document that does not fit continues at the start of the next row, as a new segment."""
+
+  def __init__(self, stream: _DocStream, tokenizer, seq_len: int):
+    eos = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.sep_id
+    if eos is None:
+      raise UserError("tokenizer has neither EOS nor [SEP] to end documents with")
+    self.stream, self.seq_len, self.eos = stream, seq_len, eos
+    self.tokens = _TokenCache(stream, tokenizer)
+    self.doc, self.offset = 0, 0
+
+  def get_state(self):
+    return {"doc": self.doc, "offset": self.offset}
+
+  def set_state(self, state):
+    self.doc, self.offset = int(state["doc"]), int(state["offset"])
+
+  def empty_row(self):
+    zeros = np.zeros(self.seq_len, np.int32)
+    return {"input_ids": zeros, "segment_ids": zeros.copy(), "positions": zeros.copy()}
+
+  def next_row(self):
+    row = self.empty_row()
+    filled, segment = 0, 0
+    while filled < self.seq_len and self.doc < len(self.stream):
+      ids = self.tokens(self.doc)
+      take = min(self.seq_len - filled, len(ids) + 1 - self.offset)  # +1: the EOS
+      end = self.offset + take
+      piece = ids[self.offset:end] + ([self.eos] if end > len(ids) else [])
+      segment += 1
+      row["input_ids"][filled:filled + take] = piece
+      row["segment_ids"][filled:filled + take] = segment
+      row["positions"][filled:filled + take] = np.arange(take)
+      filled += take
+      self.offset += take
+      if self.offset == len(ids) + 1:
+        self.doc, self.offset = self.doc + 1, 0
+    return row if filled else None
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]*[A-Z0-9])")
+_PARAGRAPH = re.compile(r"\n[ \t]*\n")
+MAX_SENTENCE_CHARS = 1000
+
+
+def split_sentences(text: str) -> list[str]:
+  """Paragraphs (blank lines), then sentence ends (. ! ? before a capital); over-long ones at newlines."""
+  sentences = []
+  for paragraph in _PARAGRAPH.split(text):
+    for s in _SENTENCE_END.split(paragraph):
+      s = s.strip()
+      if len(s) > MAX_SENTENCE_CHARS:  # code blocks, tables: no sentence ends, but lines
+        sentences.extend(line for line in s.split("\n") if line.strip())
+      elif s:
+        sentences.append(s)
+  return sentences
+
+
+def truncate_pair(a: list, b: list, max_tokens: int, rng: random.Random):
+  """BERT's truncate_seq_pair: trim the longer side, from the front or back at random."""
+  while len(a) + len(b) > max_tokens:
+    longer = a if len(a) > len(b) else b
+    if rng.random() < 0.5:
+      del longer[0]
+    else:
+      longer.pop()
+
+
+class PairRows:
+  """BERT pretraining rows as in create_pretraining_data.py: [CLS] A [SEP] B [SEP], B the actual next
+  sentences half of the time (nsp_label 1), else sentences from a random other document (nsp_label 0)."""
+
+  def __init__(self, stream: _DocStream, tokenizer, seq_len: int, *, seed: int, short_seq_prob: float):
+    if tokenizer.cls_id is None or tokenizer.sep_id is None:
+      raise UserError("BERT pairs need a tokenizer with [CLS] and [SEP] (GPT-2's has neither)")
+    self.stream, self.tok, self.seq_len = stream, tokenizer, seq_len
+    self.seed, self.short_seq_prob = seed, short_seq_prob
+    self.doc, self.instance = 0, 0
+    self._cached_doc, self._instances = None, []
+    # Random B segments revisit documents; books are slow to split into sentences.
+    self._sentences = functools.lru_cache(maxsize=256)(lambda i: split_sentences(self.stream.source[i]))
+
+  def get_state(self):
+    return {"doc": self.doc, "instance": self.instance}
+
+  def set_state(self, state):
+    self.doc, self.instance = int(state["doc"]), int(state["instance"])
+
+  def _encode(self, sentences):
+    return [ids for ids in self.tok.encode_batch(sentences) if ids]
+
+  def _random_segment(self, rng, own_index: int, target: int) -> list[int]:
+    n = len(self.stream.source)
+    for _ in range(10):  # another document, as BERT does; a 1-document split has to reuse itself
+      other = rng.randrange(n)
+      if other != own_index or n == 1:
+        break
+    sentences = self._sentences(other)
+    start = rng.randrange(len(sentences)) if sentences else 0
+    tokens, end = [], start
+    while end < len(sentences) and len(tokens) < target:  # tokenize only what is needed: documents can be books
+      for ids in self._encode(sentences[end:end + 8]):
+        tokens.extend(ids)
+      end += 8
+    return tokens
+
+  def _make_instances(self, j: int) -> list[dict]:
+    g, own_index = self.stream.global_position(j), self.stream.source_index(j)
+    rng = random.Random(f"{self.seed}/{g}")
+    sentences = self._encode(self._sentences(own_index))
+    max_tokens = self.seq_len - 3
+    target = rng.randint(2, max_tokens) if rng.random() < self.short_seq_prob else max_tokens
+    instances, chunk, length, i = [], [], 0, 0
+    while i < len(sentences):
+      chunk.append(sentences[i])
+      length += len(sentences[i])
+      if i == len(sentences) - 1 or length >= target:
+        is_next = int(rng.random() < 0.5)
+        if is_next and len(chunk) == 1 and i + 1 < len(sentences):
+          # BERT would make this a random pair; taking the next sentence keeps labels near 50/50
+          # on text whose sentences are long (code, tables).
+          i += 1
+          chunk.append(sentences[i])
+        if is_next and len(chunk) == 1:  # a document's last sentence, alone: no true pair, and a forced
+          chunk, length = [], 0         # random one would tilt the labels, so it is left out
+          i += 1
+          continue
+        a_end = rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
+        a = [t for s in chunk[:a_end] for t in s]
+        if not is_next:
+          b = self._random_segment(rng, own_index, max(1, target - len(a)))
+          i -= len(chunk) - a_end  # the unused sentences start the next instance
+        else:
+          b = [t for s in chunk[a_end:] for t in s]
+        truncate_pair(a, b, max_tokens, rng)
+        if a and b:
+          instances.append(self._row(a, b, is_next))
+        chunk, length = [], 0
+        target = rng.randint(2, max_tokens) if rng.random() < self.short_seq_prob else max_tokens
+      i += 1
+    return instances
+
+  def _row(self, a, b, is_next):
+    tok = self.tok
+    ids = [tok.cls_id] + a + [tok.sep_id] + b + [tok.sep_id]
+    n = len(ids)
+    row = self.empty_row()
+    row["input_ids"][:n] = ids
+    row["token_type_ids"][len(a) + 2:n] = 1
+    row["attention_mask"][:n] = 1
+    row["nsp_label"] = np.int32(is_next)
+    row["word_start"][:n] = np.concatenate([[True], tok.word_starts(a), [True], tok.word_starts(b), [True]])
+    return row
+
+  def empty_row(self):
+    L = self.seq_len
+    return {"input_ids": np.full(L, self.tok.pad_id, np.int32), "token_type_ids": np.zeros(L, np.int32),
+            "attention_mask": np.zeros(L, np.int32), "nsp_label": np.int32(0), "word_start": np.zeros(L, bool)}
+
+  def next_row(self):
+    while self.doc < len(self.stream):
+      if self._cached_doc != self.doc:
+        self._cached_doc, self._instances = self.doc, self._make_instances(self.doc)
+      if self.instance < len(self._instances):
+        self.instance += 1
+        return self._instances[self.instance - 1]
+      self.doc, self.instance = self.doc + 1, 0
+    return None
+
+
+class ClassificationRows:
+  """Text (or text pair) + label rows: [CLS] a [SEP] (b [SEP]), truncated to seq_len and padded."""
+
+  def __init__(self, stream: _DocStream, tokenizer, seq_len: int):
+    self.stream, self.tok, self.seq_len = stream, tokenizer, seq_len
+    self.index = 0
+
+  def get_state(self):
+    return {"doc": self.index}
+
+  def set_state(self, state):
+    self.index = int(state["doc"])
+
+  def empty_row(self):
+    L = self.seq_len
+    return {"input_ids": np.full(L, self.tok.pad_id or 0, np.int32), "token_type_ids": np.zeros(L, np.int32),
+            "attention_mask": np.zeros(L, np.int32), "label": np.int32(0)}
+
+  def next_row(self):
+    if self.index >= len(self.stream):
+      return None
+    example = self.stream.source[self.stream.source_index(self.index)]
+    self.index += 1
+    text, pair, label = example["text"], example.get("text_pair"), example["label"]
+    tok, L = self.tok, self.seq_len
+    cls = [tok.cls_id] if tok.cls_id is not None else []
+    sep = [tok.sep_id] if tok.sep_id is not None else []
+    a = tok.encode(text)
+    b = tok.encode(pair) if pair is not None else []
+    budget = L - len(cls) - len(sep) * (2 if pair is not None else 1)
+    while len(a) + len(b) > budget:  # trim the longer side from the end: deterministic
+      (a if len(a) >= len(b) else b).pop()
+    ids = cls + a + sep + (b + sep if pair is not None else [])
+    row = self.empty_row()
+    row["input_ids"][:len(ids)] = ids
+    row["token_type_ids"][len(cls) + len(a) + len(sep):len(ids)] = 1
+    row["attention_mask"][:len(ids)] = 1
+    row["label"] = np.int32(label)
+    return row
+
+
+class PrebuiltRows:
+  """Rows built ahead by a task (QA windows, prompt -> target rows), read in the stream's order;
+  padding rows are all zeros, which every task objective weights out."""
+
+  def __init__(self, stream: _DocStream):
+    self.stream, self.index = stream, 0
+
+  def get_state(self):
+    return {"doc": self.index}
+
+  def set_state(self, state):
+    self.index = int(state["doc"])
+
+  def empty_row(self):
+    return {k: np.zeros_like(v) for k, v in self.stream.source[0].items()}
+
+  def next_row(self):
+    if self.index >= len(self.stream):
+      return None
+    self.index += 1
+    return self.stream.source[self.stream.source_index(self.index - 1)]
+
+
+# Row layouts by name; each objective names the one it reads (objectives/*.py: `batch=`).
+ROWS = {"clm": LMRows, "pairs": PairRows, "classification": ClassificationRows, "features": PrebuiltRows}
+
+
+class BatchIterator:
+  """Stacks rows into batches of `rows_per_batch`; a finite (eval) stream ends with a padded last batch."""
+
+  def __init__(self, rows, rows_per_batch: int, identity: dict, num_batches: int = 0):
+    self.rows, self.rows_per_batch, self.identity = rows, rows_per_batch, identity
+    self.num_batches, self.batches = num_batches, 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    if self.num_batches and self.batches >= self.num_batches:
+      raise StopIteration
+    rows = []
+    for _ in range(self.rows_per_batch):
+      row = self.rows.next_row()
+      if row is None:
+        break
+      rows.append(row)
+    if not rows and not self.num_batches:
+      raise StopIteration
+    # With num_batches set, a shard that runs out pads to the end, so every process makes the same number of steps.
+    rows += [self.rows.empty_row() for _ in range(self.rows_per_batch - len(rows))]
+    self.batches += 1
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}  # rows[0]: a row or a padding row
+
+  def get_state(self) -> dict:
+    return {**self.identity, **self.rows.get_state(), "batches": self.batches}
+
+  def set_state(self, state: dict) -> None:
+    mismatch = {k: (state.get(k), v) for k, v in self.identity.items() if state.get(k) != v}
+    if mismatch:
+      raise UserError(f"data state was saved by a different pipeline: (saved, now) = {mismatch}")
+    self.rows.set_state(state)
+    self.batches = int(state["batches"])
+
+
+def reshard_state(states: list[dict], shard_index: int, shard_count: int) -> dict:
+  """Iterator state for shard `shard_index` of `shard_count`, from the states of a run with a
+  different process count: every shard continues after the furthest document any old shard
+  had reached. No document is read twice; the few in flight at the save are skipped."""
+  frontier = max(s["shard_index"] + s["doc"] * s["shard_count"] for s in states) + 1
+  return {**states[0], "shard_index": shard_index, "shard_count": shard_count,
+          "doc": -(-(frontier - shard_index) // shard_count), "offset": 0, "instance": 0}
+
+
+def make_iterator(kind: str, source, tokenizer, *, seq_len: int, batch_size: int, seed: int = 0,
+                  shard_index: int = 0, shard_count: int = 1, train: bool = True, short_seq_prob: float = 0.1,
+                  num_batches: int = 0) -> BatchIterator:
+  """Batches of `kind` (a key of ROWS) from `source` (len() and [i]: documents as str; for
+  classification dicts with text, optional text_pair and label; for features, rows built ahead).
+
+  batch_size is global: this process gets batch_size // shard_count rows of each batch. train=True
+  shuffles and repeats forever; train=False is one pass in order. num_batches > 0 stops after that many.
+  """
+  if batch_size % shard_count:
+    raise UserError(f"data.batch_size {batch_size} is not divisible by the {shard_count} processes")
+  if kind not in ROWS:
+    raise UserError(f"unknown batch kind {kind!r}; use one of {sorted(ROWS)}")
+  stream = _DocStream(source, seed=seed, shard_index=shard_index, shard_count=shard_count, train=train)
+  if kind == "pairs":
+    rows = PairRows(stream, tokenizer, seq_len, seed=seed, short_seq_prob=short_seq_prob)
+  elif kind == "features":
+    rows = PrebuiltRows(stream)
+  else:
+    rows = ROWS[kind](stream, tokenizer, seq_len)
+  identity = dict(kind=kind, seed=seed, shard_index=shard_index, shard_count=shard_count, seq_len=seq_len,
+                  batch_size=batch_size, train=train, documents=len(source))
+  return BatchIterator(rows, batch_size // shard_count, identity, num_batches)
+
+
+def iterator_from_config(cfg, tokenizer, split: str = "train", *, kind: str, source=None, process_index: int = 0,
+                         process_count: int = 1, num_batches: int = 0) -> BatchIterator:
+  """The training loop's entry point: cfg.data -> batches of `kind` from one split.
+
+  `split` is "train", "eval" (data.train_split / data.eval_split) or a split's own name; the train
+  split is shuffled and endless, any other is one ordered pass (or num_batches). `source(split_name)`
+  gives what to read (a task's examples or rows); by default the corpus that cfg.data names.
+  """
+  from lmjax.data import sources
+  data = cfg.data
+  split_name = data.train_split if split == "train" else (data.eval_split if split == "eval" else split)
+  docs = source(split_name) if source is not None else sources.source_from_config(data, split_name)
+  return make_iterator(kind, docs, tokenizer, seq_len=data.seq_len, batch_size=data.batch_size,
+                       seed=cfg.get("seed", 0), shard_index=process_index, shard_count=process_count,
+                       train=split_name == data.train_split, short_seq_prob=data.get("short_seq_prob", 0.1),
+                       num_batches=num_batches)

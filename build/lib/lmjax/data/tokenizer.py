@@ -1,0 +1,226 @@
+"""Tokenizers: our own sentencepiece models, and imported Hugging Face ones (WordPiece, GPT-2 BPE).
+
+Both kinds share one small duck-typed interface: vocab_size, pad_id, unk_id, cls_id, sep_id, mask_id,
+bos_id, eos_id (None where a tokenizer has no such token), special_ids, encode, encode_batch, decode,
+id_to_piece, word_starts.
+
+Our sentencepiece models reserve the same ids whatever their type, so a BERT and a GPT trained on one
+tokenizer agree: [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4 <s>=5 </s>=6, then "\n" as a piece of its own.
+They keep text exactly (identity normalization, no whitespace collapsing, newline piece, byte
+fallback), so decode(encode(text)) == text for any text when byte_fallback is on, except that
+sentencepiece's own space mark U+2581 '▁' in the input comes back as a space.
+"""
+import json
+import logging
+import os
+import random
+import re
+
+import numpy as np
+import sentencepiece as spm
+
+from lmjax.errors import UserError
+
+RESERVED = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<s>", "</s>")
+NEWLINE = "\n"
+MAX_SENTENCE_CHARS = 4000   # sentencepiece skips training "sentences" longer than max_sentence_length bytes
+
+log = logging.getLogger(__name__)
+
+
+class SentencePieceTokenizer:
+  """A sentencepiece model with the reserved ids above."""
+
+  def __init__(self, model_path: str):
+    self.path = model_path
+    self.sp = spm.SentencePieceProcessor(model_file=model_path)
+    ids = [self.sp.piece_to_id(p) for p in RESERVED]
+    if ids != list(range(len(RESERVED))):
+      raise UserError(f"{model_path} does not reserve ids 0..6 for {RESERVED}; retrain it with lmjax tokenizer train")
+    self.vocab_size = self.sp.get_piece_size()
+    self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id, self.bos_id, self.eos_id = ids
+    self.special_ids = tuple(ids)
+    # Pieces after which the next piece begins a word even without a '▁' (newline, controls, bytes).
+    self._starts_after = np.zeros(self.vocab_size + 1, bool)
+    self._is_start = np.zeros(self.vocab_size, bool)
+    for i in range(self.vocab_size):
+      piece = self.sp.id_to_piece(i)
+      self._is_start[i] = piece.startswith("\u2581") or i in self.special_ids or piece == NEWLINE
+      self._starts_after[i] = i in self.special_ids or piece == NEWLINE
+    self._starts_after[self.vocab_size] = True  # the position before the first piece
+
+  def encode(self, text: str) -> list[int]:
+    return self.sp.encode(text)
+
+  def encode_batch(self, texts) -> list[list[int]]:
+    return self.sp.encode(list(texts), num_threads=os.cpu_count() or 1)
+
+  def decode(self, ids) -> str:
+    return self.sp.decode([int(i) for i in ids if i != self.pad_id])
+
+  def id_to_piece(self, i: int) -> str:
+    return self.sp.id_to_piece(int(i))
+
+  def word_starts(self, ids) -> np.ndarray:
+    ids = np.asarray(ids, np.int64)
+    prev = np.concatenate([[self.vocab_size], ids[:-1]])
+    return self._is_start[ids] | self._starts_after[prev]
+
+
+class HFTokenizer:
+  """An imported Hugging Face tokenizer (`tokenizers` package): BERT WordPiece or GPT-2 byte-level BPE."""
+
+  def __init__(self, tok, path: str):
+    # A saved tokenizer.json may carry its pipeline's padding/truncation; lmjax pads itself.
+    tok.no_padding()
+    tok.no_truncation()
+    self.path, self.tok = path, tok
+    self.vocab_size = tok.get_vocab_size()
+    find = tok.token_to_id
+    self.wordpiece = type(tok.model).__name__ == "WordPiece"
+    if self.wordpiece:
+      self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
+          find("[PAD]"), find("[UNK]"), find("[CLS]"), find("[SEP]"), find("[MASK]"))
+      self.bos_id = self.eos_id = None
+    else:  # GPT-2: one <|endoftext|> token serves as BOS, EOS and padding
+      eot = find("<|endoftext|>")
+      self.pad_id = self.bos_id = self.eos_id = eot
+      self.unk_id = self.cls_id = self.sep_id = self.mask_id = None
+    self.special_ids = tuple(sorted({i for i in (self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id,
+                                                  self.bos_id, self.eos_id) if i is not None}))
+    pieces = [tok.id_to_token(i) or "" for i in range(self.vocab_size)]
+    specials = set(self.special_ids)
+    if self.wordpiece:
+      self._is_start = np.array([not p.startswith("##") for p in pieces])
+    else:  # byte-level BPE marks a leading space with 'Ġ' and a newline with 'Ċ'
+      self._is_start = np.array([p[:1] in ("\u0120", "\u010a") or i in specials for i, p in enumerate(pieces)])
+
+  @classmethod
+  def from_dir(cls, tok_dir: str):
+    import tokenizers
+    if os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
+      return cls(tokenizers.Tokenizer.from_file(os.path.join(tok_dir, "tokenizer.json")), tok_dir)
+    lowercase = True
+    config_path = os.path.join(tok_dir, "tokenizer_config.json")
+    if os.path.exists(config_path):
+      with open(config_path) as f:
+        lowercase = json.load(f).get("do_lower_case", True)
+    wp = tokenizers.BertWordPieceTokenizer(os.path.join(tok_dir, "vocab.txt"), lowercase=lowercase)
+    return cls(wp._tokenizer, tok_dir)
+
+  def encode(self, text: str) -> list[int]:
+    return self.tok.encode(text, add_special_tokens=False).ids
+
+  def encode_batch(self, texts) -> list[list[int]]:
+    return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+
+  def decode(self, ids) -> str:
+    return self.tok.decode([int(i) for i in ids if i != self.pad_id], skip_special_tokens=False)
+
+  def id_to_piece(self, i: int) -> str:
+    return self.tok.id_to_token(int(i))
+
+  def word_starts(self, ids) -> np.ndarray:
+    ids = np.asarray(ids, np.int64)
+    starts = self._is_start[ids]
+    if len(starts):
+      starts[0] = True
+    return starts
+
+
+def has_tokenizer(workdir: str) -> bool:
+  return (os.path.exists(os.path.join(workdir, "tokenizer.model"))
+          or any(os.path.exists(os.path.join(workdir, "tokenizer", f)) for f in ("tokenizer.json", "vocab.txt")))
+
+
+def load_tokenizer(workdir: str):
+  """WORKDIR/tokenizer.model (ours), else WORKDIR/tokenizer/{tokenizer.json,vocab.txt} (imported HF)."""
+  model = os.path.join(workdir, "tokenizer.model")
+  if os.path.exists(model):
+    return SentencePieceTokenizer(model)
+  hf_dir = os.path.join(workdir, "tokenizer")
+  if any(os.path.exists(os.path.join(hf_dir, f)) for f in ("tokenizer.json", "vocab.txt")):
+    return HFTokenizer.from_dir(hf_dir)
+  raise UserError(f"no tokenizer in {workdir}: expected tokenizer.model or tokenizer/vocab.txt; "
+                  f"run `lmjax tokenizer train --workdir {workdir}`")
+
+
+def check_vocab(model_vocab_size: int, tokenizer) -> None:
+  if model_vocab_size != tokenizer.vocab_size:
+    raise UserError(f"model.vocab_size {model_vocab_size} != tokenizer's {tokenizer.vocab_size}; "
+                    f"set model.vocab_size={tokenizer.vocab_size} or retrain the tokenizer with that size")
+
+
+def _training_lines(texts, sample_chars: int):
+  """Documents cut into lines of at most MAX_SENTENCE_CHARS, newlines kept (they are a piece we learn)."""
+  total = 0
+  for text in texts:
+    for start in range(0, len(text), MAX_SENTENCE_CHARS):
+      line = text[start:start + MAX_SENTENCE_CHARS]
+      yield line
+      total += len(line)
+      if total >= sample_chars:
+        return
+
+
+def train(texts, model_path: str, *, vocab_size: int, model_type: str = "unigram", byte_fallback: bool = True,
+          character_coverage: float = 0.9995, sample_chars: int = 20_000_000):
+  """Trains a sentencepiece model on `texts` (an iterable of documents) and writes it to model_path."""
+  if model_type not in ("unigram", "bpe"):
+    raise UserError(f"tokenizer.model_type={model_type!r}; use 'unigram' or 'bpe'")
+  min_vocab = len(RESERVED) + 1 + (256 if byte_fallback else 0)
+  if vocab_size <= min_vocab:
+    raise UserError(f"tokenizer.vocab_size {vocab_size} is too small: the reserved, newline"
+                    f"{' and 256 byte' if byte_fallback else ''} pieces alone take {min_vocab}")
+  os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
+  try:
+    with open(model_path + ".tmp", "wb") as f:
+      spm.SentencePieceTrainer.train(
+          sentence_iterator=_training_lines(texts, sample_chars), model_writer=f,
+          vocab_size=vocab_size, model_type=model_type, byte_fallback=byte_fallback,
+          character_coverage=character_coverage,
+          pad_id=0, unk_id=1, bos_id=5, eos_id=6, pad_piece="[PAD]", unk_piece="[UNK]", bos_piece="<s>",
+          eos_piece="</s>", control_symbols=["[CLS]", "[SEP]", "[MASK]"], user_defined_symbols=[NEWLINE],
+          # Keep text exactly as written, so decode(encode(x)) == x.
+          normalization_rule_name="identity", remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
+          max_sentence_length=4 * MAX_SENTENCE_CHARS, input_sentence_size=0, num_threads=os.cpu_count() or 1,
+          hard_vocab_limit=True, minloglevel=2)
+  except RuntimeError as e:
+    os.remove(model_path + ".tmp")
+    hint = re.search(r"Vocabulary size too high.*?<= ?(\d+)", str(e))
+    if hint:
+      raise UserError(f"corpus too small for tokenizer.vocab_size={vocab_size}: sentencepiece finds at most "
+                      f"{hint.group(1)} pieces in it; lower tokenizer.vocab_size or train on more text") from None
+    raise
+  os.replace(model_path + ".tmp", model_path)
+  return SentencePieceTokenizer(model_path)
+
+
+def sample_documents(source, sample_chars: int, seed: int = 0):
+  """Documents of `source` in a seeded random order, until about sample_chars characters."""
+  order = list(range(len(source)))
+  random.Random(seed).shuffle(order)
+  total = 0
+  for i in order:
+    if total >= sample_chars:
+      return
+    doc = source[i]
+    total += len(doc)
+    yield doc
+
+
+def train_from_config(cfg, workdir: str):
+  """`lmjax tokenizer train`: trains on the train split of cfg.data into WORKDIR/tokenizer.model, once."""
+  from lmjax.data import sources
+  model_path = os.path.join(workdir, "tokenizer.model")
+  if os.path.exists(model_path):
+    tok = SentencePieceTokenizer(model_path)
+    print(f"tokenizer: reusing {model_path} ({tok.vocab_size} pieces)")
+    return tok
+  t = cfg.tokenizer
+  source = sources.source_from_config(cfg.data, cfg.data.train_split)
+  tok = train(sample_documents(source, t.sample_chars, cfg.get("seed", 0)), model_path,
+              vocab_size=t.vocab_size, model_type=t.model_type, byte_fallback=t.byte_fallback,
+              character_coverage=t.character_coverage, sample_chars=t.sample_chars)
+  print(f"tokenizer: trained {t.model_type} with {tok.vocab_size} pieces on {source}, saved {model_path}")
+  return tok

@@ -1,0 +1,100 @@
+"""Encoder-only Transformer (BERT) with its heads.
+
+out = model.apply({"params": p}, ids_BxL, attention_mask=mask_BxL, token_type_ids=types_BxL)
+out.logits (MLM, B x L x V), out.nsp_logits (B x 2), out.class_logits (B x C),
+out.start_logits / out.end_logits (B x L), out.hidden (B x L x D), out.pooled (B x D).
+Heads exist only when named in cfg.heads; their outputs are None otherwise.
+`mlm_positions` (B x M) restricts the MLM head to M gathered positions, as BERT's
+`max_predictions_per_seq` does, so the V-wide projection runs on M, not L, tokens.
+"""
+from __future__ import annotations
+
+import functools
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lmjax.models import xla_cpu
+from lmjax.models.layers import Embed, Norm, Stack, TransformerConfig, dense_init, make_attention_mask, zeros_init
+
+
+@flax.struct.dataclass
+class EncoderOutput:
+  hidden: jax.Array                     # B x L x D
+  pooled: jax.Array | None = None       # B x D, tanh(W h_[CLS] + b)
+  logits: jax.Array | None = None       # B x L x V (or B x M x V), MLM
+  nsp_logits: jax.Array | None = None   # B x 2
+  class_logits: jax.Array | None = None  # B x C
+  start_logits: jax.Array | None = None  # B x L, QA span start
+  end_logits: jax.Array | None = None    # B x L
+
+
+class Encoder(nn.Module):
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, positions=None,
+               segment_ids=None, mlm_positions=None, deterministic: bool = True):
+    cfg = self.cfg
+    ids_BxL = input_ids
+    B, L = ids_BxL.shape
+    valid_BxL = jnp.ones((B, L), bool) if attention_mask is None else attention_mask.astype(bool)
+    positions_BxL = jnp.broadcast_to(jnp.arange(L), (B, L)) if positions is None else positions
+    mask = make_attention_mask(valid_BxL, False, query_segment_BxL=segment_ids, key_segment_BxS=segment_ids)
+
+    embed = Embed(cfg, name="embed")
+    x_BxLxD = embed(ids_BxL, positions_BxL, token_type_ids)
+    if not cfg.pre_ln:
+      x_BxLxD = Norm(cfg, name="embed_norm")(x_BxLxD)
+    x_BxLxD = nn.Dropout(cfg.dropout_rate)(x_BxLxD, deterministic=deterministic)
+    x_BxLxD, _ = Stack(cfg, name="stack")(x_BxLxD, mask, positions_BxL, deterministic)
+    if cfg.pre_ln:
+      x_BxLxD = Norm(cfg, name="final_norm")(x_BxLxD)
+
+    dense = functools.partial(nn.Dense, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype,
+                              bias_init=zeros_init(None), dot_general=xla_cpu.dense_dot_general)
+    out = {"hidden": x_BxLxD}
+    if {"nsp", "classify"} & set(cfg.heads):
+      pooler = dense(cfg.hidden, kernel_init=dense_init(cfg, "embed", None), name="pooler")
+      out["pooled"] = pooled_BxD = jnp.tanh(pooler(x_BxLxD[:, 0]))
+      if "nsp" in cfg.heads:
+        out["nsp_logits"] = dense(2, kernel_init=dense_init(cfg, "embed", None),
+                                  name="nsp_head")(pooled_BxD).astype(jnp.float32)
+      if "classify" in cfg.heads:
+        h_BxD = nn.Dropout(cfg.dropout_rate)(pooled_BxD, deterministic=deterministic)
+        out["class_logits"] = dense(cfg.num_labels, kernel_init=dense_init(cfg, "embed", None),
+                                    name="classify_head")(h_BxD).astype(jnp.float32)
+    if "mlm" in cfg.heads:
+      h_BxMxD = x_BxLxD
+      if mlm_positions is not None:
+        h_BxMxD = jnp.take_along_axis(x_BxLxD, mlm_positions[..., None], axis=1)
+      out["logits"] = MlmHead(cfg, name="mlm_head")(h_BxMxD, embed)
+    if "span" in cfg.heads:
+      span_BxLx2 = dense(2, kernel_init=dense_init(cfg, "embed", None), name="span_head")(x_BxLxD)
+      span_BxLx2 = span_BxLx2.astype(jnp.float32)
+      out["start_logits"], out["end_logits"] = span_BxLx2[..., 0], span_BxLx2[..., 1]
+    return EncoderOutput(**out)
+
+
+class MlmHead(nn.Module):
+  """BERT's transform (dense, activation, LayerNorm) then the decoder tied to the token embedding, plus a bias."""
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, h_BxMxD, embed: Embed):
+    cfg = self.cfg
+    act = functools.partial(nn.gelu, approximate=cfg.activation == "gelu_tanh")
+    h_BxMxD = nn.Dense(cfg.hidden, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype,
+                       kernel_init=dense_init(cfg, "embed", None), bias_init=zeros_init(None),
+                       dot_general=xla_cpu.dense_dot_general, name="transform")(h_BxMxD)
+    h_BxMxD = Norm(cfg, name="norm")(act(h_BxMxD))
+    if cfg.tie_embeddings:
+      logits_BxMxV = embed.attend(h_BxMxD)
+    else:
+      logits_BxMxV = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype,
+                              param_dtype=cfg.param_dtype, kernel_init=dense_init(cfg, "embed", "vocab"),
+                              dot_general=xla_cpu.dense_dot_general, name="decoder")(h_BxMxD)
+    bias_V = self.param("bias", zeros_init("vocab"), (cfg.vocab_size,), cfg.param_dtype)
+    return xla_cpu.materialize_grad(logits_BxMxV + bias_V).astype(jnp.float32)  # gradient read by two matmuls

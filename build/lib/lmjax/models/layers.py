@@ -1,0 +1,380 @@
+"""Shared Transformer blocks: embeddings, attention, MLP, norms, residual blocks.
+
+Letters in names: B batch, L query length, S key length, D model width, H heads,
+K head dim, F MLP hidden, V vocab, N layers.
+
+Every kernel carries logical axis names ("embed", "heads", "mlp", "vocab", ...)
+through `nn.with_logical_partitioning`; `training/parallel.py` maps them onto a
+device mesh. `nn.unbox` after `init` leaves plain arrays, so params are a plain
+pytree everywhere else. Three XLA:CPU-only tricks are called by name from `xla_cpu.py`
+(Dense matmuls, gradient barriers, the tied head's table); on other platforms each is
+the plain operation, so a block copied without them only needs those lines made plain.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lmjax.models import xla_cpu
+
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "sinusoidal", "rotary")
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "swiglu")
+ATTENTION = ("auto", "xla", "cudnn", "einsum")
+REMAT = ("none", "full", "dots", "dots_no_batch")
+DTYPES = ("float32", "bfloat16", "float16")
+PARAM_DTYPES = ("float32", "bfloat16")
+HEADS = ("mlm", "nsp", "classify", "span")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """One frozen config serves the encoder and the decoder: `TransformerConfig(**c.model)`."""
+  vocab_size: int = 8192
+  hidden: int = 256             # D
+  num_layers: int = 4           # N
+  num_heads: int = 4            # H; head dim K = D // H
+  mlp_dim: int = 1024           # F
+  max_len: int = 512            # learned position table size; also the KV cache bound
+  type_vocab_size: int = 0      # segment embeddings (BERT: 2); 0 = none
+  causal: bool = False          # decoder-only when True
+  pre_ln: bool = False          # BERT is post-LN, GPT-2 pre-LN
+  norm: str = "layernorm"
+  norm_eps: float = 1e-12
+  position: str = "learned"
+  rope_base: float = 10000.0
+  activation: str = "gelu"
+  use_bias: bool = True
+  tie_embeddings: bool = True
+  heads: tuple = ()             # encoder heads: "mlm", "nsp", "classify", "span"
+  num_labels: int = 2           # classify head width
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  init_std: float = 0.02
+  dtype: str = "float32"        # compute dtype; params stay in param_dtype
+  param_dtype: str = "float32"
+  attention: str = "auto"       # "auto": jax.nn.dot_product_attention on GPU (cuDNN flash when it
+                                # can), "einsum" elsewhere; or force "xla", "cudnn", "einsum"
+  scan_layers: bool = False
+  remat: str = "none"
+
+  def __post_init__(self):
+    for field, choices in (("norm", NORMS), ("position", POSITIONS), ("activation", ACTIVATIONS),
+                           ("attention", ATTENTION), ("remat", REMAT), ("dtype", DTYPES),
+                           ("param_dtype", PARAM_DTYPES)):
+      if getattr(self, field) not in choices:
+        raise ValueError(f"model.{field}={getattr(self, field)!r} is not one of {choices}")
+    if self.hidden % self.num_heads:
+      raise ValueError(f"model.hidden={self.hidden} is not divisible by model.num_heads={self.num_heads}")
+    if self.position == "rotary" and (self.hidden // self.num_heads) % 2:
+      raise ValueError("rotary positions need an even head dim; change model.hidden or model.num_heads")
+    bad = set(self.heads) - set(HEADS)
+    if bad:
+      raise ValueError(f"model.heads has {sorted(bad)}; valid heads are {', '.join(HEADS)}")
+    if self.causal and set(self.heads) & {"nsp", "classify", "span"}:
+      raise ValueError(f"a decoder (model.causal=True) cannot have heads {self.heads}; use an encoder")
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden // self.num_heads
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+
+def dense_init(cfg: TransformerConfig, *axes):
+  return nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), axes)
+
+
+def zeros_init(*axes):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+def ones_init(*axes):
+  return nn.with_logical_partitioning(nn.initializers.ones_init(), axes)
+
+
+class Norm(nn.Module):
+  """LayerNorm or RMSNorm, computed in float32 (variance in bf16 loses too much)."""
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD):
+    cfg = self.cfg
+    x = x_BxLxD.astype(jnp.float32)
+    scale_D = self.param("scale", ones_init("embed"), (x.shape[-1],), cfg.param_dtype)
+    if cfg.norm == "rmsnorm":
+      y = x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + cfg.norm_eps) * scale_D
+    else:
+      mean = jnp.mean(x, -1, keepdims=True)
+      var = jnp.mean(jnp.square(x - mean), -1, keepdims=True)
+      bias_D = self.param("bias", zeros_init("embed"), (x.shape[-1],), cfg.param_dtype)
+      y = (x - mean) * jax.lax.rsqrt(var + cfg.norm_eps) * scale_D + bias_D
+    return y.astype(cfg.compute_dtype)
+
+
+def sinusoid(positions_BxL, dim: int):
+  """Fixed sin/cos position table of "Attention is all you need", evaluated at positions."""
+  inv_freq = 1.0 / (10000.0 ** (jnp.arange(0, dim, 2) / dim))
+  angles_BxLxD2 = positions_BxL[..., None].astype(jnp.float32) * inv_freq
+  return jnp.concatenate([jnp.sin(angles_BxLxD2), jnp.cos(angles_BxLxD2)], -1)
+
+
+def rotary(x_BxLxHxK, positions_BxL, base: float):
+  """Rotary position embedding (RoFormer), in the half-split layout of GPT-NeoX/LLaMA."""
+  k = x_BxLxHxK.shape[-1]
+  inv_freq = 1.0 / (base ** (jnp.arange(0, k, 2, dtype=jnp.float32) / k))
+  angles_BxLx1xK2 = (positions_BxL[..., None].astype(jnp.float32) * inv_freq)[:, :, None, :]
+  sin, cos = jnp.sin(angles_BxLx1xK2), jnp.cos(angles_BxLx1xK2)
+  x1, x2 = jnp.split(x_BxLxHxK.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+  return out.astype(x_BxLxHxK.dtype)
+
+
+class Embed(nn.Module):
+  """Token + position (+ segment) embeddings; `attend` gives the tied output projection."""
+  cfg: TransformerConfig
+
+  def setup(self):
+    cfg = self.cfg
+    emb = functools.partial(nn.Embed, embedding_init=dense_init(cfg, "vocab", "embed"),
+                            param_dtype=cfg.param_dtype, dtype=cfg.compute_dtype)
+    self.token = emb(cfg.vocab_size, cfg.hidden)
+    if cfg.position == "learned":
+      self.position = nn.Embed(cfg.max_len, cfg.hidden, embedding_init=dense_init(cfg, None, "embed"),
+                               param_dtype=cfg.param_dtype, dtype=cfg.compute_dtype)
+    if cfg.type_vocab_size:
+      self.segment = nn.Embed(cfg.type_vocab_size, cfg.hidden,
+                              embedding_init=dense_init(cfg, None, "embed"),
+                              param_dtype=cfg.param_dtype, dtype=cfg.compute_dtype)
+
+  def __call__(self, ids_BxL, positions_BxL, token_type_ids_BxL=None):
+    cfg = self.cfg
+    x_BxLxD = self.token(ids_BxL)
+    if cfg.position == "learned":
+      x_BxLxD = x_BxLxD + self.position(positions_BxL)
+    elif cfg.position == "sinusoidal":
+      x_BxLxD = x_BxLxD + sinusoid(positions_BxL, cfg.hidden).astype(x_BxLxD.dtype)
+    if cfg.type_vocab_size:
+      types_BxL = jnp.zeros_like(ids_BxL) if token_type_ids_BxL is None else token_type_ids_BxL
+      x_BxLxD = x_BxLxD + self.segment(types_BxL)
+    return x_BxLxD
+
+  def attend(self, y_BxLxD):
+    """Logits y E^T against the token table: the tied output projection."""
+    y_BxLxD, table_VxD = nn.dtypes.promote_dtype(y_BxLxD, self.token.embedding, dtype=self.cfg.compute_dtype)
+    table_DxV = xla_cpu.transpose_table(table_VxD, rows=math.prod(y_BxLxD.shape[:-1]))
+    return xla_cpu.dense_dot_general(y_BxLxD, table_DxV, (((y_BxLxD.ndim - 1,), (0,)), ((), ())))
+
+
+def make_attention_mask(key_valid_BxS, causal: bool, query_slot_BxL=None, key_slot_BxS=None,
+                   query_segment_BxL=None, key_segment_BxS=None):
+  """Boolean mask B x 1 x L x S: True where a query may attend to a key.
+
+  Padded keys are masked; with segments, attention stays inside one packed
+  document; causal masking compares slot indices (a query at slot i sees keys at
+  slots <= i), so the same function serves full sequences and the KV cache.
+  """
+  mask_BxLxS = key_valid_BxS[:, None, :]  # B x 1 x S until a query-dependent term broadcasts it
+  if query_segment_BxL is not None:
+    mask_BxLxS = mask_BxLxS & (query_segment_BxL[:, :, None] == key_segment_BxS[:, None, :])
+  if causal:
+    mask_BxLxS = mask_BxLxS & (query_slot_BxL[:, :, None] >= key_slot_BxS[:, None, :])
+  # A padding query may have no key left (packed rows); give it every key so the
+  # softmax stays finite. Its output is never read.
+  mask_BxLxS = mask_BxLxS | ~jnp.any(mask_BxLxS, -1, keepdims=True)
+  return mask_BxLxS[:, None, :, :]
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with an optional key/value cache."""
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD, mask_Bx1xLxS, positions_BxL, deterministic: bool, cache=None):
+    cfg = self.cfg
+    proj = functools.partial(nn.DenseGeneral, features=(cfg.num_heads, cfg.head_dim),
+                             use_bias=cfg.use_bias, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype,
+                             dot_general=xla_cpu.dense_dot_general,
+                             kernel_init=dense_init(cfg, "embed", "heads", "kv"),
+                             bias_init=zeros_init("heads", "kv"))
+    q_BxLxHxK = proj(name="query")(x_BxLxD)
+    k_BxLxHxK = proj(name="key")(x_BxLxD)
+    v_BxLxHxK = proj(name="value")(x_BxLxD)
+    if cfg.position == "rotary":
+      q_BxLxHxK = rotary(q_BxLxHxK, positions_BxL, cfg.rope_base)
+      k_BxLxHxK = rotary(k_BxLxHxK, positions_BxL, cfg.rope_base)
+
+    new_cache = None
+    if cache is not None:
+      # Write this chunk's keys/values at the cache cursor; attend over all S slots.
+      k_cache, v_cache, index, layer = cache
+      k_new, v_new = k_BxLxHxK.astype(k_cache.dtype), v_BxLxHxK.astype(v_cache.dtype)
+      if layer is None:  # this layer's B x S x H x K slab (a scanned stack hands each layer its own)
+        k_BxLxHxK = jax.lax.dynamic_update_slice(k_cache, k_new, (0, index, 0, 0))
+        v_BxLxHxK = jax.lax.dynamic_update_slice(v_cache, v_new, (0, index, 0, 0))
+        new_cache = (k_BxLxHxK, v_BxLxHxK)
+      else:  # every layer's N x B x S x H x K cache: write only the new slots, in place
+        k_cache = jax.lax.dynamic_update_slice(k_cache, k_new[None], (layer, 0, index, 0, 0))
+        v_cache = jax.lax.dynamic_update_slice(v_cache, v_new[None], (layer, 0, index, 0, 0))
+        k_BxLxHxK, v_BxLxHxK = k_cache[layer], v_cache[layer]
+        new_cache = (k_cache, v_cache)
+
+    dropout_rng = None
+    if not deterministic and cfg.attention_dropout_rate > 0:
+      dropout_rng = self.make_rng("dropout")
+    y_BxLxHxK = dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask_Bx1xLxS, cfg,
+                                      dropout_rng, causal=cfg.causal and cache is None)
+    out = nn.DenseGeneral(cfg.hidden, axis=(-2, -1), use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
+                          param_dtype=cfg.param_dtype, dot_general=xla_cpu.dense_dot_general,
+                          kernel_init=dense_init(cfg, "heads", "kv", "embed"),
+                          bias_init=zeros_init("embed"), name="out")
+    return out(y_BxLxHxK), new_cache
+
+
+QUERY_BLOCK = 64  # causal einsum attention: rows per query block
+
+
+def dot_product_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask_Bx1xLxS, cfg, dropout_rng=None,
+                          causal: bool = False):
+  """softmax(q k^T / sqrt(K)) v.
+
+  On GPU, `jax.nn.dot_product_attention` (cuDNN flash attention where it applies). Elsewhere,
+  and whenever attention dropout needs the probabilities, einsums: on CPU a GPT training step
+  at seq 512 is 16% faster than with jax.nn's XLA path (at seq 128, the same). `causal` (a
+  full causal sequence, no cache) splits the queries into blocks of QUERY_BLOCK rows that
+  skip the keys after their last row, which the mask hides anyway: n blocks skip (n-1)/2n of
+  the scores. GPT training steps on CPU: seq 128 (2 blocks) -3.5%; at seq 512, blocks of 64,
+  128 or 256 rows measure the same. "auto" asks `jax.default_backend()`, the platform of the
+  devices every lmjax step is placed on (jit, pmap and the mesh alike).
+  """
+  use_jax_nn = cfg.attention in ("xla", "cudnn") or (cfg.attention == "auto" and jax.default_backend() == "gpu")
+  if dropout_rng is None and use_jax_nn:
+    return jax.nn.dot_product_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask_Bx1xLxS,
+                                        implementation=None if cfg.attention == "auto" else cfg.attention)
+  L, S = q_BxLxHxK.shape[1], k_BxSxHxK.shape[1]
+  blocks = L // QUERY_BLOCK if causal and L % QUERY_BLOCK == 0 and L == S else 1
+  q_BxLxHxK = q_BxLxHxK * (1.0 / math.sqrt(q_BxLxHxK.shape[-1]))  # scale L x K, not L x S
+  rngs = [None] * blocks if dropout_rng is None else list(jax.random.split(dropout_rng, blocks))
+  y_blocks = []
+  for i in range(blocks):
+    # Block i's queries are rows [i L/n, (i+1) L/n); causally they see keys [0, (i+1) L/n) only.
+    rows, keys = slice(i * L // blocks, (i + 1) * L // blocks), slice(0, (i + 1) * S // blocks)
+    scores_BxHxLxS = jnp.einsum("blhk,bshk->bhls", q_BxLxHxK[:, rows], k_BxSxHxK[:, keys]).astype(jnp.float32)
+    scores_BxHxLxS = jnp.where(mask_Bx1xLxS[:, :, rows, keys], scores_BxHxLxS, jnp.finfo(jnp.float32).min)
+    # Softmax in fp32, normalised after the value matmul: dividing L x K outputs instead of
+    # L x S probabilities is one pass less over the scores (dropout commutes with the divide).
+    max_BxHxLx1 = jax.lax.stop_gradient(jnp.max(scores_BxHxLxS, -1, keepdims=True))
+    unnormalized_BxHxLxS = jnp.exp(scores_BxHxLxS - max_BxHxLx1)
+    denominator_BxLxHx1 = jnp.sum(unnormalized_BxHxLxS, -1).transpose(0, 2, 1)[..., None]
+    if rngs[i] is not None:
+      keep = 1.0 - cfg.attention_dropout_rate
+      unnormalized_BxHxLxS *= jax.random.bernoulli(rngs[i], keep, unnormalized_BxHxLxS.shape) / keep
+    y_BxLxHxK = jnp.einsum("bhls,bshk->blhk", unnormalized_BxHxLxS.astype(v_BxSxHxK.dtype), v_BxSxHxK[:, keys])
+    y_blocks.append((y_BxLxHxK / denominator_BxLxHx1).astype(v_BxSxHxK.dtype))
+  return y_blocks[0] if blocks == 1 else jnp.concatenate(y_blocks, axis=1)
+
+
+class Mlp(nn.Module):
+  """wo(act(wi x)). No dropout on the F-wide hidden: BERT and GPT-2 drop only the block's
+  D-wide output (the Block does), and masks over F cost four times as much."""
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD):
+    cfg = self.cfg
+    dense = functools.partial(nn.Dense, use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
+                              param_dtype=cfg.param_dtype, dot_general=xla_cpu.dense_dot_general)
+    up = functools.partial(dense, cfg.mlp_dim, kernel_init=dense_init(cfg, "embed", "mlp"),
+                           bias_init=zeros_init("mlp"))
+    if cfg.activation == "swiglu":
+      h_BxLxF = nn.silu(up(name="wi_gate")(x_BxLxD)) * up(name="wi")(x_BxLxD)
+    else:
+      act = {"gelu": functools.partial(nn.gelu, approximate=False),
+             "gelu_tanh": functools.partial(nn.gelu, approximate=True),
+             "relu": nn.relu}[cfg.activation]
+      h_BxLxF = act(up(name="wi")(x_BxLxD))
+    return dense(cfg.hidden, kernel_init=dense_init(cfg, "mlp", "embed"),
+                 bias_init=zeros_init("embed"), name="wo")(h_BxLxF)
+
+
+class Block(nn.Module):
+  """One Transformer layer; pre-LN: x + f(norm(x)), post-LN: norm(x + f(x))."""
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD, mask_Bx1xLxS, positions_BxL, deterministic: bool, cache=None):
+    cfg = self.cfg
+    attn, mlp = Attention(cfg, name="attn"), Mlp(cfg, name="mlp")
+    attn_norm, mlp_norm = Norm(cfg, name="attn_norm"), Norm(cfg, name="mlp_norm")
+    drop = functools.partial(nn.Dropout(cfg.dropout_rate), deterministic=deterministic)
+    x_BxLxD = xla_cpu.materialize_grad(x_BxLxD)
+    if cfg.pre_ln:
+      a_BxLxD, new_cache = attn(attn_norm(x_BxLxD), mask_Bx1xLxS, positions_BxL, deterministic, cache)
+      x_BxLxD = xla_cpu.materialize_grad(x_BxLxD + drop(a_BxLxD))
+      x_BxLxD = x_BxLxD + drop(mlp(mlp_norm(x_BxLxD)))
+    else:
+      a_BxLxD, new_cache = attn(x_BxLxD, mask_Bx1xLxS, positions_BxL, deterministic, cache)
+      x_BxLxD = attn_norm(x_BxLxD + drop(a_BxLxD))
+      x_BxLxD = mlp_norm(x_BxLxD + drop(mlp(x_BxLxD)))
+    return x_BxLxD, new_cache
+
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Stack(nn.Module):
+  """N blocks, as a Python loop (params `layer_0..`) or one `nn.scan` (params `layers`,
+  stacked on a leading N axis: compile time stays flat in depth).
+
+  cache: None, or (k_NxBxSxHxK, v_NxBxSxHxK, index) for incremental decoding. The loop
+  passes every layer the whole cache and its index, so a step writes only its new slots
+  (slicing out and re-stacking N x B x S x H x K per token made batched decoding slow).
+  """
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD, mask_Bx1xLxS, positions_BxL, deterministic: bool, cache=None):
+    cfg = self.cfg
+    block = Block
+    if cfg.remat != "none":
+      block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], static_argnums=(4,))
+    if cfg.scan_layers:
+      def body(layer, x, kv):
+        layer_cache = None if kv is None else (kv[0], kv[1], cache[2], None)
+        x, new_kv = layer(x, mask_Bx1xLxS, positions_BxL, deterministic, layer_cache)
+        return x, new_kv
+      scanned = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                        length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+      kv = None if cache is None else (cache[0], cache[1])
+      x_BxLxD, new_kv = scanned(block(cfg, name="layers"), x_BxLxD, kv)
+    else:
+      new_kv = None if cache is None else (cache[0], cache[1])
+      for i in range(cfg.num_layers):
+        layer_cache = None if cache is None else (*new_kv, cache[2], i)
+        x_BxLxD, new_kv = block(cfg, name=f"layer_{i}")(x_BxLxD, mask_Bx1xLxS, positions_BxL,
+                                                        deterministic, layer_cache)
+    return x_BxLxD, new_kv
+
+
+def stack_layers(params: dict[str, Any], num_layers: int) -> dict[str, Any]:
+  """Model params with a looped Stack (`stack/layer_i`) -> with a scanned one (`stack/layers`)."""
+  layers = [params["stack"][f"layer_{i}"] for i in range(num_layers)]
+  return {**params, "stack": {"layers": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}}
+
+
+def unstack_layers(params: dict[str, Any], num_layers: int) -> dict[str, Any]:
+  layers = params["stack"]["layers"]
+  return {**params, "stack": {f"layer_{i}": jax.tree.map(lambda x, i=i: x[i], layers)
+                              for i in range(num_layers)}}

@@ -1,0 +1,256 @@
+"""`lmjax train`: the loop around the compiled step.
+
+Everything with side effects of training lives here (logging, checkpoints, signals); the
+step itself (steps.py) is pure, the run's setup is run.py, evaluation evaluate.py. A run
+is a workdir:
+
+  WORKDIR/config.json       the experiment config (a rerun must agree with it)
+  WORKDIR/tokenizer.model   trained on the first run, reused after
+  WORKDIR/checkpoints/      orbax: params, optimizer state, step, rng, data iterator state
+  WORKDIR/metrics.jsonl     one JSON object per line: step, split, metrics
+  WORKDIR/tensorboard/      the same metrics as event files
+
+Rerunning the same command resumes from the newest readable checkpoint and produces
+the same losses and params, bit for bit, as a run that never stopped.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import pathlib
+import signal
+import sys
+import time
+
+import jax
+import numpy as np
+
+from lmjax import checkpoint
+from lmjax.data import pipeline
+from lmjax.errors import Stopped, UserError
+from lmjax.training import distributed, optim, parallel, steps
+from lmjax.training.evaluate import evaluate
+from lmjax.training.flops import peak_flops, train_flops_per_token
+from lmjax.training.metrics import MetricsWriter, Progress
+from lmjax.training.run import Run, batches, check_workdir, setup
+from lmjax.training.state import TrainState, graft
+
+NONFINITE = ("skip", "halt")  # train.nonfinite: drop the step and go on, or stop without saving
+
+
+class Preemption:
+  """SIGTERM/SIGINT: finish the current step, save, exit. A second signal exits at once."""
+
+  def __init__(self):
+    self.signal = None
+    self.previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self.previous[sig] = signal.signal(sig, self.handle)
+
+  def handle(self, signum, frame):
+    if self.signal is not None:
+      print(f"lmjax train: second {signal.Signals(signum).name}, exiting now without saving", file=sys.stderr)
+      os._exit(128 + signum)
+    self.signal = signal.Signals(signum).name
+    print(f"lmjax train: {self.signal} received; finishing this step, then saving", file=sys.stderr)
+
+  def restore(self):
+    for sig, handler in self.previous.items():
+      signal.signal(sig, handler)
+
+
+def train(cfg, workdir, *, init_params=None, source=None, coordinator=None, num_processes=None,
+          process_id=None) -> dict:
+  """Trains (or resumes) the run in `workdir`; returns the final eval metrics, or raises
+  Stopped after saving when a signal asked it to stop.
+
+  init_params: pretrained params (fine-tuning) that replace the fresh initialisation
+  wherever the paths match; parts they lack (a new task head) stay freshly initialised.
+  Ignored when the workdir already holds a checkpoint to resume.
+  source: (split name, tokenizer) -> the examples or rows to read (a fine-tuning task); default cfg.data's corpus.
+  """
+  distributed.initialize(coordinator, num_processes, process_id)
+  workdir = pathlib.Path(workdir).resolve()
+  check_workdir(workdir, cfg)
+  mode = cfg.parallel.mode
+  mesh = parallel.mesh_from_config(cfg.parallel)
+  parallel.check_batch_size(cfg.data.batch_size, mode, mesh, cfg.optim.grad_accum)
+  run = setup(cfg, workdir, mesh, train_tokenizer=True, source=source)
+  t = cfg.train
+  tx, schedule = optim.optimizer_from_config(cfg.optim, t.steps)
+  if jax.process_index() == 0:
+    # Written once the config has proved valid, so a failed start leaves nothing to disagree with.
+    checkpoint.write_config(workdir, cfg.to_dict())
+  rng = jax.random.key(cfg.seed)
+
+  step_fn = functools.partial(steps.train_step, model=run.model, objective=run.objective,
+                              settings=run.settings, tx=tx, grad_accum=cfg.optim.grad_accum)
+  eval_fn = functools.partial(steps.eval_step, model=run.model, objective=run.objective, settings=run.settings)
+  state = parallel.create_state(mode, run.model_cfg, tx, rng, mesh)
+  train_iter = batches(run, "train")
+
+  mngr = checkpoint.open_manager(workdir, keep=t.keep, best_metric=t.best_metric)
+  start = resume(mngr, state, train_iter, mode)
+  if start is not None:
+    state = start
+  elif init_params is not None:  # fine-tuning: pretrained params where paths match, fresh optimizer state
+    host = parallel.host_state(state, mode)
+    params = graft(host.params, init_params)
+    host = jax.tree.map(np.asarray, host.replace(params=params, opt_state=tx.init(params)))
+    state = parallel.place_state(host, mode, mesh, run.model_cfg, tx)
+  step = int(parallel.host_state(state, mode).step)
+  train_step = parallel.compile_train_step(step_fn, mode, state, mesh)
+  eval_step = parallel.compile_eval_step(eval_fn, mode, mesh)
+
+  writer = MetricsWriter(workdir, resume_step=step)
+  tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+  flops_per_token = train_flops_per_token(run.model_cfg, cfg.data.seq_len,
+                                          cfg.objective.max_predictions if not run.model_cfg.causal else 0)
+  peak, peak_source = peak_flops()
+  devices = jax.device_count()
+  log_start(run, workdir, state, flops_per_token, step)
+
+  preempt = Preemption()
+  progress = Progress(step, t.steps, t.log_every)
+  pending = None          # (step, metrics on device): read one step late so the device stays busy
+  eval_metrics = {}
+  clock = Clock(step, tokens_per_step, flops_per_token, peak * devices)
+  try:
+    while step < t.steps and preempt.signal is None:
+      batch = parallel.put_batch(next(train_iter), mode, mesh)
+      state, metrics = train_step(state, batch, rng)
+      step += 1
+      data_state = train_iter.get_state()
+      if pending is not None:
+        report(pending, t, writer, progress, schedule, clock)
+      pending = (step, metrics)
+      at_eval = step % t.eval_every == 0 or step == t.steps
+      if at_eval or step % t.checkpoint_every == 0:
+        report(pending, t, writer, progress, schedule, clock)
+        pending = None
+      if at_eval:
+        eval_metrics = evaluate(run, state.params, eval_step, rng)
+        writer.write(step, "eval", eval_metrics)
+        progress.message(f"eval at step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items()))
+        clock.pause()
+      if at_eval or step % t.checkpoint_every == 0:
+        save(mngr, state, mode, step, rng, data_state, cfg, eval_metrics if at_eval else None)
+        clock.pause()
+    if pending is not None:
+      report(pending, t, writer, progress, schedule, clock)
+    if preempt.signal is not None:
+      if step not in mngr.all_steps():  # the signal may land just after a scheduled save of this very step
+        save(mngr, state, mode, step, rng, train_iter.get_state(), cfg, None)
+      mngr.wait_until_finished()
+      progress.close()
+      raise Stopped(f"stopped by {preempt.signal} at step {step}; checkpoint saved in "
+                    f"{checkpoint.checkpoint_dir(workdir)}. Rerun the same command to resume.")
+  except NonFinite as e:
+    mngr.wait_until_finished()
+    progress.close()
+    raise UserError(str(e)) from None
+  finally:
+    preempt.restore()
+    mngr.wait_until_finished()
+    writer.close()
+  progress.close()
+  mngr.close()
+  return eval_metrics
+
+
+class NonFinite(Exception):
+  pass
+
+
+class Clock:
+  """Throughput over the steps since the last reading; eval and checkpoint time excluded."""
+
+  def __init__(self, step, tokens_per_step, flops_per_token, peak_flops):
+    self.tokens_per_step, self.flops_per_token, self.peak = tokens_per_step, flops_per_token, peak_flops
+    self.step, self.time, self.rate = step, time.perf_counter(), 0.0
+
+  def pause(self):
+    """Skip the time since the last reading (evaluation, saving)."""
+    self.time = time.perf_counter()
+
+  def read(self, step) -> tuple[float, float]:
+    """(tokens/s, model FLOPs utilisation) since the last reading."""
+    now = time.perf_counter()
+    if step > self.step:
+      self.rate = self.tokens_per_step * (step - self.step) / max(now - self.time, 1e-9)
+    self.step, self.time = step, now
+    return self.rate, self.rate * self.flops_per_token / self.peak
+
+
+def report(pending, t, writer, progress, schedule, clock):
+  """Host side of one step: read its metrics, stop on a non-finite one, log."""
+  step, metrics = pending
+  metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  if metrics.get("nonfinite"):
+    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+    if t.nonfinite == "halt":
+      raise NonFinite(f"non-finite {', '.join(bad) or 'loss'} at step {step}; stopped without saving "
+                      "(train.nonfinite=halt). Lower optim.lr or set train.nonfinite=skip")
+    progress.message(f"step {step}: non-finite {', '.join(bad)}; update skipped ({int(metrics['skipped'])} so far)")
+  metrics["lr"] = float(schedule(step - 1))
+  if step % t.log_every == 0 or step == t.steps:
+    metrics["tokens_per_s"], metrics["mfu"] = clock.read(step)
+    writer.write(step, "train", metrics)
+  progress.update(step, {"loss": metrics["loss"], "lr": metrics["lr"], "tok/s": round(clock.rate),
+                         "mfu": f"{100 * clock.rate * clock.flops_per_token / clock.peak:.1f}%"})
+
+
+def resume(mngr, state: TrainState, train_iter, mode: str):
+  """The newest readable checkpoint, restored into `state`'s layout; None to start fresh."""
+  target = parallel.restore_target(state, mode)
+  found = checkpoint.restore_latest(mngr, target.params, target.opt_state)
+  for unreadable in [s for s in mngr.all_steps() if found is None or s > found[0]]:
+    # restore_latest skipped these; training writes each again exactly, and orbax will not save over one.
+    print(f"lmjax train: removing unreadable checkpoint {unreadable}", file=sys.stderr)
+    mngr.delete(unreadable)
+  if found is None:
+    return None
+  step, params, opt_state, meta, data_state = found
+  states = data_state["processes"]
+  if len(states) == jax.process_count():
+    train_iter.set_state(states[jax.process_index()])
+  else:
+    print(f"lmjax train: checkpoint {step} was written by {len(states)} processes, this run has "
+          f"{jax.process_count()}; the data shards continue after the furthest document read",
+          file=sys.stderr)
+    train_iter.set_state(pipeline.reshard_state(states, jax.process_index(), jax.process_count()))
+  restored = target.replace(step=np.int32(step), params=params, opt_state=opt_state,
+                            skipped=np.int32(meta.get("skipped", 0)))
+  print(f"lmjax train: resumed from checkpoint {step}", file=sys.stderr)
+  return parallel.place_restored(restored, state, mode)
+
+
+def save(mngr, state, mode, step, rng, data_state, cfg, metrics):
+  host = parallel.host_state(state, mode)
+  meta = {"step": step, "skipped": int(host.skipped), "rng": checkpoint.rng_to_json(rng)}
+  # Process 0 writes the JSON items, so it saves every host's position in its data shard.
+  data_states = {"processes": distributed.allgather_json(data_state)}
+  checkpoint.save(mngr, step, host.params, host.opt_state, meta, data_states, cfg.to_dict(), metrics)
+
+
+def log_start(run: Run, workdir, state, flops_per_token, step):
+  """A short header: what trains, on what, and where its files go (the whole config is in config.json)."""
+  if jax.process_index() != 0:
+    return
+  cfg, m = run.cfg, run.model_cfg
+  params = parallel.host_state(state, run.mode).params
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  layout = f"mesh {dict(run.mesh.shape)}" if run.mesh is not None else run.mode
+  processes = f"{jax.process_count()} process{'es' if jax.process_count() > 1 else ''}"
+  o, t = cfg.optim, cfg.train
+  print(f"lmjax train: {workdir}\n"
+        f"  model      {'decoder' if m.causal else 'encoder'}, {m.num_layers} layers x {m.hidden} wide, "
+        f"{n_params:,} params, {m.dtype}; objective {cfg.objective.name}\n"
+        f"  data       {cfg.data.source} {cfg.data.path}".rstrip() + f", seq {cfg.data.seq_len} x batch "
+        f"{cfg.data.batch_size}; tokenizer {run.tokenizer.vocab_size:,} pieces\n"
+        f"  devices    {jax.device_count()} x {jax.devices()[0].device_kind} ({processes}), {layout}; "
+        f"{flops_per_token / 1e6:.1f} MFLOP/token\n"
+        f"  schedule   {t.steps} steps, {o.name} lr {o.lr:g} {o.schedule} (warmup {o.warmup_steps}); "
+        f"eval every {t.eval_every}, checkpoint every {t.checkpoint_every}" +
+        (f"\n  resumed    at step {step}" if step else ""), flush=True)

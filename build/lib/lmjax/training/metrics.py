@@ -1,0 +1,84 @@
+"""Where metrics go: WORKDIR/metrics.jsonl (one object per line: step, split, metrics),
+TensorBoard event files in WORKDIR/tensorboard, and the terminal (a tqdm bar on a
+terminal, plain periodic lines otherwise). Only process 0 writes."""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import sys
+import time
+
+import jax
+
+
+class MetricsWriter:
+
+  def __init__(self, workdir, resume_step: int = 0):
+    self.enabled = jax.process_index() == 0
+    if not self.enabled:
+      return
+    self.path = pathlib.Path(workdir) / "metrics.jsonl"
+    if self.path.exists():
+      # A resumed run rewrites history from its checkpoint on: drop the lines of the
+      # steps it will replay, so the file reads as one uninterrupted run.
+      lines = [l for l in self.path.read_text().splitlines()
+               if l.strip() and json.loads(l)["step"] <= resume_step]
+      self.path.write_text("".join(l + "\n" for l in lines))
+    self.file = self.path.open("a")
+    import tensorflow as tf  # only for its event-file writer; already loaded by TFDS
+    self.tf = tf
+    self.tb = tf.summary.create_file_writer(str(pathlib.Path(workdir) / "tensorboard"))
+
+  def write(self, step: int, split: str, metrics: dict) -> None:
+    if not self.enabled:
+      return
+    row = {"step": int(step), "split": split}
+    row.update({k: float(v) for k, v in metrics.items()})
+    self.file.write(json.dumps(row) + "\n")
+    self.file.flush()
+    with self.tb.as_default(step=int(step)):
+      for k, v in row.items():
+        if k not in ("step", "split") and math.isfinite(v):
+          self.tf.summary.scalar(f"{split}/{k}", v)
+
+  def close(self) -> None:
+    if self.enabled:
+      self.file.close()
+      self.tb.close()
+
+
+class Progress:
+  """tqdm on a terminal; otherwise a plain line every `every` steps (logs stay readable)."""
+
+  def __init__(self, start: int, total: int, every: int):
+    self.enabled = jax.process_index() == 0
+    self.every, self.total, self.step = every, total, start
+    self.bar = None
+    if self.enabled and sys.stderr.isatty():
+      from tqdm import tqdm
+      self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+    self.t0 = time.time()
+
+  def update(self, step: int, fields: dict) -> None:
+    if not self.enabled:
+      return
+    text = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
+    if self.bar is not None:
+      self.bar.update(step - self.step)
+      self.bar.set_postfix_str(text, refresh=False)
+    elif step % self.every == 0 or step == self.total:
+      print(f"step {step}/{self.total} {text}", flush=True)
+    self.step = step
+
+  def message(self, text: str) -> None:
+    if not self.enabled:
+      return
+    if self.bar is not None:
+      self.bar.write(text)
+    else:
+      print(text, flush=True)
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
