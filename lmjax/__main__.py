@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 
 from lmjax.errors import Stopped, UserError
 
@@ -161,13 +162,19 @@ def train(cfg, args) -> None:
 
 
 def quiet_libraries() -> None:
-  """Only lmjax's own lines on the terminal: TensorFlow's start-up banner and orbax's and absl's
-  INFO/WARNING logs are hidden unless --verbose is given."""
+  """Only lmjax's own lines on the terminal: TensorFlow's start-up banner and the logs of orbax,
+  absl and asyncio are hidden unless --verbose is given. A failure still ends in lmjax's one-line
+  error; a failed asynchronous save, for one, would otherwise print a page of tracebacks from
+  orbax's background threads before it."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")   # its banner; TensorFlow only reads TFDS files here
   from absl import logging as absl_logging
-  absl_logging.set_verbosity(absl_logging.ERROR)
-  logging.getLogger().setLevel(logging.ERROR)
+  absl_logging.set_verbosity(absl_logging.FATAL)
+  logging.getLogger().setLevel(logging.CRITICAL)
+  # tensorstore's I/O callbacks, still arriving after orbax closed the event loop of a failed save,
+  # raise "Event loop is closed" where nothing can catch it: Python reports those as unraisable.
+  sys.unraisablehook = lambda unraisable: None
+  warnings.filterwarnings("ignore")   # e.g. orbax's never-awaited coroutines after a failed save, at exit
 
 
 def main(argv=None) -> None:

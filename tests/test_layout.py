@@ -2,6 +2,7 @@
 every package ships, and an installed (not editable) lmjax runs its default job from anywhere."""
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -12,7 +13,7 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parent.parent
 IMPORT_GRAPH = REPO.parent / "shared" / "tools" / "import_graph.py"
 # Lowest first; the README's tour states the same layering.
-LAYERS = ("lmjax.errors < lmjax.models < lmjax.objectives, lmjax.data < lmjax.checkpoint < lmjax.training"
+LAYERS = ("lmjax.errors, lmjax.paths < lmjax.models < lmjax.objectives, lmjax.data < lmjax.checkpoint < lmjax.training"
           " < lmjax.inference, lmjax.convert < lmjax.tasks, lmjax.bench < lmjax.config < lmjax.__main__")
 
 
@@ -41,9 +42,15 @@ def test_every_package_is_listed_for_the_wheel():
 
 @pytest.mark.slow
 def test_installed_wheel_trains_from_outside_the_checkout(tmp_path):
+  # Built from a copy: setuptools leaves build/ and *.egg-info beside the sources it builds.
+  src = tmp_path / "src"
+  for name in ("lmjax", "experiments"):
+    shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+  for name in ("pyproject.toml", "README.md", "requirements.txt"):
+    shutil.copy2(REPO / name, src / name)
   wheels = tmp_path / "wheels"
   subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                  str(wheels), str(REPO)], check=True, capture_output=True)
+                  str(wheels), str(src)], check=True, capture_output=True)
   site = tmp_path / "site"
   with zipfile.ZipFile(next(wheels.glob("lmjax-*.whl"))) as whl:
     names = whl.namelist()

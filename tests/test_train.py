@@ -115,9 +115,10 @@ def test_corrupt_latest_checkpoint_is_skipped(straight_run, tmp_path, data_dir, 
   # A half-written save, as a kill -9 mid-save leaves it: orbax's temporary directory.
   (workdir / "checkpoints" / "12.orbax-checkpoint-tmp-1").mkdir()
   capfd.readouterr()
-  found = checkpoint.restore_latest(checkpoint.open_manager(workdir, keep=10),
-                                    *restore_targets(workdir, 4))
+  found, unreadable = checkpoint.restore_latest(checkpoint.open_manager(workdir, keep=10),
+                                               *restore_targets(workdir, 4))
   assert found is not None and found[0] == 6  # the eval checkpoint before 8
+  assert [step for step, _ in unreadable] == [8]
   assert "checkpoint 8" in capfd.readouterr().err
 
 
@@ -130,7 +131,7 @@ def test_training_on_past_an_unreadable_checkpoint_rewrites_it(tmp_path, data_di
       f.write_bytes(b"garbage")
   # Resumes from 6 and reaches 8 again: the step on disk must not block the new save.
   loop.train(tiny(data_dir, "--config.train.steps=8"), workdir)
-  assert checkpoint.restore_latest(checkpoint.open_manager(workdir, keep=10), *restore_targets(workdir, 0))[0] == 8
+  assert checkpoint.restore_latest(checkpoint.open_manager(workdir, keep=10), *restore_targets(workdir, 0))[0][0] == 8
   assert_trees_equal(params_of(workdir), written)
 
 
@@ -194,7 +195,7 @@ def test_sigterm_saves_and_resume_equals_straight_run(straight_run, tmp_path, da
   out, err = proc.communicate(timeout=240)
   assert proc.returncode == 0, err
   assert "stopped by SIGTERM" in err, err
-  stopped = checkpoint.restore_latest(checkpoint.open_manager(workdir, keep=10), *restore_targets(workdir, 0))
+  stopped, _ = checkpoint.restore_latest(checkpoint.open_manager(workdir, keep=10), *restore_targets(workdir, 0))
   assert stopped is not None and stopped[0] < 12
   proc = run_cli(*args)
   out, err = proc.communicate(timeout=300)
@@ -218,7 +219,7 @@ def test_sigterm_right_after_a_scheduled_save_exits_cleanly(tmp_path, data_dir):
   assert proc.returncode == 0, err
   assert "stopped by SIGTERM" in err, err
   stop_step = int(err.split("stopped by SIGTERM at step ")[1].split(";")[0])
-  stopped = checkpoint.restore_latest(checkpoint.open_manager(workdir, keep=10), *restore_targets(workdir, 0))
+  stopped, _ = checkpoint.restore_latest(checkpoint.open_manager(workdir, keep=10), *restore_targets(workdir, 0))
   assert stopped[0] == stop_step
 
 

@@ -175,7 +175,11 @@ def import_hf(hf_dir, workdir) -> str:
   weights = read_safetensors(hf_dir)
   prefix = PREFIXES[model_type]
   weights = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in weights.items()}
-  fields = (bert_fields if model_type == "bert" else gpt2_fields)(hf_cfg, weights)
+  try:
+    fields = (bert_fields if model_type == "bert" else gpt2_fields)(hf_cfg, weights)
+  except KeyError as e:
+    raise UserError(f"{hf_dir / 'config.json'} has no {e.args[0]!r}, which a {model_type} config needs; "
+                    "re-save it with save_pretrained") from None
   try:
     cfg = model_config(dict(fields))
   except (ValueError, TypeError) as e:

@@ -9,7 +9,9 @@ tokenizer agree: [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4 <s>=5 </s>=6, then "\n
 They keep text exactly (identity normalization, no whitespace collapsing, newline piece, byte
 fallback), so decode(encode(text)) == text for any text when byte_fallback is on, except that
 sentencepiece's own space mark U+2581 '▁' in the input comes back as a space.
+Tokenizer files are read and written through `etils.epath`, so a workdir may be a `gs://` URL.
 """
+import io
 import json
 import logging
 import os
@@ -19,6 +21,7 @@ import re
 import numpy as np
 import sentencepiece as spm
 
+from lmjax import paths
 from lmjax.errors import UserError
 
 RESERVED = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<s>", "</s>")
@@ -33,7 +36,7 @@ class SentencePieceTokenizer:
 
   def __init__(self, model_path: str):
     self.path = model_path
-    self.sp = spm.SentencePieceProcessor(model_file=model_path)
+    self.sp = spm.SentencePieceProcessor(model_proto=paths.path(model_path).read_bytes())
     ids = [self.sp.piece_to_id(p) for p in RESERVED]
     if ids != list(range(len(RESERVED))):
       raise UserError(f"{model_path} does not reserve ids 0..6 for {RESERVED}; retrain it with lmjax tokenizer train")
@@ -98,14 +101,14 @@ class HFTokenizer:
   @classmethod
   def from_dir(cls, tok_dir: str):
     import tokenizers
-    if os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
-      return cls(tokenizers.Tokenizer.from_file(os.path.join(tok_dir, "tokenizer.json")), tok_dir)
+    d = paths.path(tok_dir)
+    if (d / "tokenizer.json").exists():
+      return cls(tokenizers.Tokenizer.from_str((d / "tokenizer.json").read_text()), tok_dir)
     lowercase = True
-    config_path = os.path.join(tok_dir, "tokenizer_config.json")
-    if os.path.exists(config_path):
-      with open(config_path) as f:
-        lowercase = json.load(f).get("do_lower_case", True)
-    wp = tokenizers.BertWordPieceTokenizer(os.path.join(tok_dir, "vocab.txt"), lowercase=lowercase)
+    if (d / "tokenizer_config.json").exists():
+      lowercase = json.loads((d / "tokenizer_config.json").read_text()).get("do_lower_case", True)
+    vocab = {piece: i for i, piece in enumerate((d / "vocab.txt").read_text(encoding="utf-8").splitlines())}
+    wp = tokenizers.BertWordPieceTokenizer(vocab, lowercase=lowercase)
     return cls(wp._tokenizer, tok_dir)
 
   def encode(self, text: str) -> list[int]:
@@ -129,18 +132,17 @@ class HFTokenizer:
 
 
 def has_tokenizer(workdir: str) -> bool:
-  return (os.path.exists(os.path.join(workdir, "tokenizer.model"))
-          or any(os.path.exists(os.path.join(workdir, "tokenizer", f)) for f in ("tokenizer.json", "vocab.txt")))
+  w = paths.path(workdir)
+  return (w / "tokenizer.model").exists() or any((w / "tokenizer" / f).exists() for f in ("tokenizer.json", "vocab.txt"))
 
 
 def load_tokenizer(workdir: str):
   """WORKDIR/tokenizer.model (ours), else WORKDIR/tokenizer/{tokenizer.json,vocab.txt} (imported HF)."""
-  model = os.path.join(workdir, "tokenizer.model")
-  if os.path.exists(model):
-    return SentencePieceTokenizer(model)
-  hf_dir = os.path.join(workdir, "tokenizer")
-  if any(os.path.exists(os.path.join(hf_dir, f)) for f in ("tokenizer.json", "vocab.txt")):
-    return HFTokenizer.from_dir(hf_dir)
+  w = paths.path(workdir)
+  if (w / "tokenizer.model").exists():
+    return SentencePieceTokenizer(str(w / "tokenizer.model"))
+  if any((w / "tokenizer" / f).exists() for f in ("tokenizer.json", "vocab.txt")):
+    return HFTokenizer.from_dir(str(w / "tokenizer"))
   raise UserError(f"no tokenizer in {workdir}: expected tokenizer.model or tokenizer/vocab.txt; "
                   f"run `lmjax tokenizer train --workdir {workdir}`")
 
@@ -172,28 +174,30 @@ def train(texts, model_path: str, *, vocab_size: int, model_type: str = "unigram
   if vocab_size <= min_vocab:
     raise UserError(f"tokenizer.vocab_size {vocab_size} is too small: the reserved, newline"
                     f"{' and 256 byte' if byte_fallback else ''} pieces alone take {min_vocab}")
-  os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
+  model = io.BytesIO()
   try:
-    with open(model_path + ".tmp", "wb") as f:
-      spm.SentencePieceTrainer.train(
-          sentence_iterator=_training_lines(texts, sample_chars), model_writer=f,
-          vocab_size=vocab_size, model_type=model_type, byte_fallback=byte_fallback,
-          character_coverage=character_coverage,
-          pad_id=0, unk_id=1, bos_id=5, eos_id=6, pad_piece="[PAD]", unk_piece="[UNK]", bos_piece="<s>",
-          eos_piece="</s>", control_symbols=["[CLS]", "[SEP]", "[MASK]"], user_defined_symbols=[NEWLINE],
-          # Keep text exactly as written, so decode(encode(x)) == x.
-          normalization_rule_name="identity", remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
-          max_sentence_length=4 * MAX_SENTENCE_CHARS, input_sentence_size=0, num_threads=os.cpu_count() or 1,
-          hard_vocab_limit=True, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=_training_lines(texts, sample_chars), model_writer=model,
+        vocab_size=vocab_size, model_type=model_type, byte_fallback=byte_fallback,
+        character_coverage=character_coverage,
+        pad_id=0, unk_id=1, bos_id=5, eos_id=6, pad_piece="[PAD]", unk_piece="[UNK]", bos_piece="<s>",
+        eos_piece="</s>", control_symbols=["[CLS]", "[SEP]", "[MASK]"], user_defined_symbols=[NEWLINE],
+        # Keep text exactly as written, so decode(encode(x)) == x.
+        normalization_rule_name="identity", remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
+        max_sentence_length=4 * MAX_SENTENCE_CHARS, input_sentence_size=0, num_threads=os.cpu_count() or 1,
+        hard_vocab_limit=True, minloglevel=2)
   except RuntimeError as e:
-    os.remove(model_path + ".tmp")
     hint = re.search(r"Vocabulary size too high.*?<= ?(\d+)", str(e))
     if hint:
       raise UserError(f"corpus too small for tokenizer.vocab_size={vocab_size}: sentencepiece finds at most "
                       f"{hint.group(1)} pieces in it; lower tokenizer.vocab_size or train on more text") from None
     raise
-  os.replace(model_path + ".tmp", model_path)
-  return SentencePieceTokenizer(model_path)
+  path = paths.path(model_path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.parent / (path.name + ".tmp")   # written whole, then renamed: a kill leaves no half a model
+  tmp.write_bytes(model.getvalue())
+  tmp.replace(path)
+  return SentencePieceTokenizer(str(path))
 
 
 def sample_documents(source, sample_chars: int, seed: int = 0):
@@ -212,8 +216,8 @@ def sample_documents(source, sample_chars: int, seed: int = 0):
 def train_from_config(cfg, workdir: str):
   """`lmjax tokenizer train`: trains on the train split of cfg.data into WORKDIR/tokenizer.model, once."""
   from lmjax.data import sources
-  model_path = os.path.join(workdir, "tokenizer.model")
-  if os.path.exists(model_path):
+  model_path = str(paths.path(workdir) / "tokenizer.model")
+  if paths.path(model_path).exists():
     tok = SentencePieceTokenizer(model_path)
     print(f"tokenizer: reusing {model_path} ({tok.vocab_size} pieces)")
     return tok

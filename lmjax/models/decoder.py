@@ -5,6 +5,8 @@ Packed rows:    segment_ids_BxL (0 = padding) and positions_BxL restart per docu
 Incremental:    cache = init_cache(cfg, B, S); out = model.apply(..., ids_BxL, cache=cache)
                 returns out.cache with the cursor advanced by L; logits equal the
                 full forward's (tests/test_models.py).
+Dropout:        row_ids_B, the rows' indices in the global batch, which masks are drawn from
+                (default 0..B-1); training passes them so masks do not depend on the device layout.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from lmjax.models import xla_cpu
-from lmjax.models.layers import Embed, Norm, Stack, TransformerConfig, dense_init, make_attention_mask
+from lmjax.models.layers import Dropout, Embed, Norm, Stack, TransformerConfig, dense_init, make_attention_mask
 
 
 @flax.struct.dataclass
@@ -38,7 +40,7 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, positions=None, segment_ids=None,
-               cache=None, deterministic: bool = True, token_type_ids=None):
+               cache=None, deterministic: bool = True, token_type_ids=None, row_ids=None):
     cfg = self.cfg
     ids_BxL = input_ids
     B, L = ids_BxL.shape
@@ -67,8 +69,9 @@ class Decoder(nn.Module):
 
     embed = Embed(cfg, name="embed")
     x_BxLxD = embed(ids_BxL, positions_BxL)
-    x_BxLxD = nn.Dropout(cfg.dropout_rate)(x_BxLxD, deterministic=deterministic)
-    x_BxLxD, new_kv = Stack(cfg, name="stack")(x_BxLxD, mask, positions_BxL, deterministic, stack_cache)
+    row_ids_B = jnp.arange(B) if row_ids is None else row_ids
+    x_BxLxD = Dropout(cfg.dropout_rate)(x_BxLxD, row_ids_B, deterministic)
+    x_BxLxD, new_kv = Stack(cfg, name="stack")(x_BxLxD, mask, positions_BxL, row_ids_B, deterministic, stack_cache)
     if cfg.pre_ln:
       x_BxLxD = Norm(cfg, name="final_norm")(x_BxLxD)
     if cfg.tie_embeddings:

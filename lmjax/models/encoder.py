@@ -6,6 +6,8 @@ out.start_logits / out.end_logits (B x L), out.hidden (B x L x D), out.pooled (B
 Heads exist only when named in cfg.heads; their outputs are None otherwise.
 `mlm_positions` (B x M) restricts the MLM head to M gathered positions, as BERT's
 `max_predictions_per_seq` does, so the V-wide projection runs on M, not L, tokens.
+`row_ids` (B): the rows' indices in the global batch, which dropout masks are drawn from
+(default 0..B-1); training passes them so masks do not depend on the device layout.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ import jax
 import jax.numpy as jnp
 
 from lmjax.models import xla_cpu
-from lmjax.models.layers import Embed, Norm, Stack, TransformerConfig, dense_init, make_attention_mask, zeros_init
+from lmjax.models.layers import (Dropout, Embed, Norm, Stack, TransformerConfig, dense_init, make_attention_mask,
+                                 zeros_init)
 
 
 @flax.struct.dataclass
@@ -36,20 +39,21 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, positions=None,
-               segment_ids=None, mlm_positions=None, deterministic: bool = True):
+               segment_ids=None, mlm_positions=None, deterministic: bool = True, row_ids=None):
     cfg = self.cfg
     ids_BxL = input_ids
     B, L = ids_BxL.shape
     valid_BxL = jnp.ones((B, L), bool) if attention_mask is None else attention_mask.astype(bool)
     positions_BxL = jnp.broadcast_to(jnp.arange(L), (B, L)) if positions is None else positions
+    row_ids_B = jnp.arange(B) if row_ids is None else row_ids
     mask = make_attention_mask(valid_BxL, False, query_segment_BxL=segment_ids, key_segment_BxS=segment_ids)
 
     embed = Embed(cfg, name="embed")
     x_BxLxD = embed(ids_BxL, positions_BxL, token_type_ids)
     if not cfg.pre_ln:
       x_BxLxD = Norm(cfg, name="embed_norm")(x_BxLxD)
-    x_BxLxD = nn.Dropout(cfg.dropout_rate)(x_BxLxD, deterministic=deterministic)
-    x_BxLxD, _ = Stack(cfg, name="stack")(x_BxLxD, mask, positions_BxL, deterministic)
+    x_BxLxD = Dropout(cfg.dropout_rate)(x_BxLxD, row_ids_B, deterministic)
+    x_BxLxD, _ = Stack(cfg, name="stack")(x_BxLxD, mask, positions_BxL, row_ids_B, deterministic)
     if cfg.pre_ln:
       x_BxLxD = Norm(cfg, name="final_norm")(x_BxLxD)
 
@@ -63,7 +67,7 @@ class Encoder(nn.Module):
         out["nsp_logits"] = dense(2, kernel_init=dense_init(cfg, "embed", None),
                                   name="nsp_head")(pooled_BxD).astype(jnp.float32)
       if "classify" in cfg.heads:
-        h_BxD = nn.Dropout(cfg.dropout_rate)(pooled_BxD, deterministic=deterministic)
+        h_BxD = Dropout(cfg.dropout_rate)(pooled_BxD, row_ids_B, deterministic)
         out["class_logits"] = dense(cfg.num_labels, kernel_init=dense_init(cfg, "embed", None),
                                     name="classify_head")(h_BxD).astype(jnp.float32)
     if "mlm" in cfg.heads:

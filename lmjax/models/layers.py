@@ -101,6 +101,26 @@ def ones_init(*axes):
   return nn.with_logical_partitioning(nn.initializers.ones_init(), axes)
 
 
+def row_dropout(x_Bx, rate: float, rng, row_ids_B):
+  """Inverted dropout whose mask for row b is drawn from fold_in(rng, row_ids_B[b]): a function of
+  the row's index in the global batch, not of where the row sits, so jit, pmap and any mesh draw
+  the same masks (as masking does, training/steps.py)."""
+  keep = 1.0 - rate
+  keep_Bx = jax.vmap(lambda r: jax.random.bernoulli(jax.random.fold_in(rng, r), keep, x_Bx.shape[1:]))(row_ids_B)
+  return jnp.where(keep_Bx, x_Bx / keep, jnp.zeros_like(x_Bx))
+
+
+class Dropout(nn.Module):
+  """`row_dropout` with this call site's own key from the "dropout" rng stream."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, x_Bx, row_ids_B, deterministic: bool):
+    if deterministic or self.rate == 0.0:
+      return x_Bx
+    return row_dropout(x_Bx, self.rate, self.make_rng("dropout"), row_ids_B)
+
+
 class Norm(nn.Module):
   """LayerNorm or RMSNorm, computed in float32 (variance in bf16 loses too much)."""
   cfg: TransformerConfig
@@ -198,7 +218,7 @@ class Attention(nn.Module):
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, mask_Bx1xLxS, positions_BxL, deterministic: bool, cache=None):
+  def __call__(self, x_BxLxD, mask_Bx1xLxS, positions_BxL, row_ids_B, deterministic: bool, cache=None):
     cfg = self.cfg
     proj = functools.partial(nn.DenseGeneral, features=(cfg.num_heads, cfg.head_dim),
                              use_bias=cfg.use_bias, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype,
@@ -231,7 +251,7 @@ class Attention(nn.Module):
     if not deterministic and cfg.attention_dropout_rate > 0:
       dropout_rng = self.make_rng("dropout")
     y_BxLxHxK = dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask_Bx1xLxS, cfg,
-                                      dropout_rng, causal=cfg.causal and cache is None)
+                                      dropout_rng, causal=cfg.causal and cache is None, row_ids_B=row_ids_B)
     out = nn.DenseGeneral(cfg.hidden, axis=(-2, -1), use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
                           param_dtype=cfg.param_dtype, dot_general=xla_cpu.dense_dot_general,
                           kernel_init=dense_init(cfg, "heads", "kv", "embed"),
@@ -243,7 +263,7 @@ QUERY_BLOCK = 64  # causal einsum attention: rows per query block
 
 
 def dot_product_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask_Bx1xLxS, cfg, dropout_rng=None,
-                          causal: bool = False):
+                          causal: bool = False, row_ids_B=None):
   """softmax(q k^T / sqrt(K)) v.
 
   On GPU, `jax.nn.dot_product_attention` (cuDNN flash attention where it applies). Elsewhere,
@@ -275,8 +295,7 @@ def dot_product_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask_Bx1xLxS, cfg, dr
     unnormalized_BxHxLxS = jnp.exp(scores_BxHxLxS - max_BxHxLx1)
     denominator_BxLxHx1 = jnp.sum(unnormalized_BxHxLxS, -1).transpose(0, 2, 1)[..., None]
     if rngs[i] is not None:
-      keep = 1.0 - cfg.attention_dropout_rate
-      unnormalized_BxHxLxS *= jax.random.bernoulli(rngs[i], keep, unnormalized_BxHxLxS.shape) / keep
+      unnormalized_BxHxLxS = row_dropout(unnormalized_BxHxLxS, cfg.attention_dropout_rate, rngs[i], row_ids_B)
     y_BxLxHxK = jnp.einsum("bhls,bshk->blhk", unnormalized_BxHxLxS.astype(v_BxSxHxK.dtype), v_BxSxHxK[:, keys])
     y_blocks.append((y_BxLxHxK / denominator_BxLxHx1).astype(v_BxSxHxK.dtype))
   return y_blocks[0] if blocks == 1 else jnp.concatenate(y_blocks, axis=1)
@@ -310,18 +329,18 @@ class Block(nn.Module):
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, mask_Bx1xLxS, positions_BxL, deterministic: bool, cache=None):
+  def __call__(self, x_BxLxD, mask_Bx1xLxS, positions_BxL, row_ids_B, deterministic: bool, cache=None):
     cfg = self.cfg
     attn, mlp = Attention(cfg, name="attn"), Mlp(cfg, name="mlp")
     attn_norm, mlp_norm = Norm(cfg, name="attn_norm"), Norm(cfg, name="mlp_norm")
-    drop = functools.partial(nn.Dropout(cfg.dropout_rate), deterministic=deterministic)
+    drop = functools.partial(Dropout(cfg.dropout_rate), row_ids_B=row_ids_B, deterministic=deterministic)
     x_BxLxD = xla_cpu.materialize_grad(x_BxLxD)
     if cfg.pre_ln:
-      a_BxLxD, new_cache = attn(attn_norm(x_BxLxD), mask_Bx1xLxS, positions_BxL, deterministic, cache)
+      a_BxLxD, new_cache = attn(attn_norm(x_BxLxD), mask_Bx1xLxS, positions_BxL, row_ids_B, deterministic, cache)
       x_BxLxD = xla_cpu.materialize_grad(x_BxLxD + drop(a_BxLxD))
       x_BxLxD = x_BxLxD + drop(mlp(mlp_norm(x_BxLxD)))
     else:
-      a_BxLxD, new_cache = attn(x_BxLxD, mask_Bx1xLxS, positions_BxL, deterministic, cache)
+      a_BxLxD, new_cache = attn(x_BxLxD, mask_Bx1xLxS, positions_BxL, row_ids_B, deterministic, cache)
       x_BxLxD = attn_norm(x_BxLxD + drop(a_BxLxD))
       x_BxLxD = mlp_norm(x_BxLxD + drop(mlp(x_BxLxD)))
     return x_BxLxD, new_cache
@@ -345,15 +364,15 @@ class Stack(nn.Module):
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, mask_Bx1xLxS, positions_BxL, deterministic: bool, cache=None):
+  def __call__(self, x_BxLxD, mask_Bx1xLxS, positions_BxL, row_ids_B, deterministic: bool, cache=None):
     cfg = self.cfg
     block = Block
-    if cfg.remat != "none":
-      block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], static_argnums=(4,))
+    if cfg.remat != "none":   # static: `deterministic` (argument 5, counting self)
+      block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], static_argnums=(5,))
     if cfg.scan_layers:
       def body(layer, x, kv):
         layer_cache = None if kv is None else (kv[0], kv[1], cache[2], None)
-        x, new_kv = layer(x, mask_Bx1xLxS, positions_BxL, deterministic, layer_cache)
+        x, new_kv = layer(x, mask_Bx1xLxS, positions_BxL, row_ids_B, deterministic, layer_cache)
         return x, new_kv
       scanned = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                         length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
@@ -363,7 +382,7 @@ class Stack(nn.Module):
       new_kv = None if cache is None else (cache[0], cache[1])
       for i in range(cfg.num_layers):
         layer_cache = None if cache is None else (*new_kv, cache[2], i)
-        x_BxLxD, new_kv = block(cfg, name=f"layer_{i}")(x_BxLxD, mask_Bx1xLxS, positions_BxL,
+        x_BxLxD, new_kv = block(cfg, name=f"layer_{i}")(x_BxLxD, mask_Bx1xLxS, positions_BxL, row_ids_B,
                                                         deterministic, layer_cache)
     return x_BxLxD, new_kv
 

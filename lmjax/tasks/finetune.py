@@ -12,13 +12,11 @@ WORKDIR/metrics.jsonl (split "task").
 from __future__ import annotations
 
 import copy
-import pathlib
-import shutil
 
 import jax
 import ml_collections
 
-from lmjax import checkpoint, objectives, tasks
+from lmjax import checkpoint, objectives, paths, tasks
 from lmjax.errors import UserError
 from lmjax.training import loop
 from lmjax.training.metrics import MetricsWriter
@@ -49,13 +47,16 @@ def task_config(cfg, init_model: dict, init) -> ml_collections.ConfigDict:
   return cfg
 
 
-def copy_tokenizer(init: pathlib.Path, workdir: pathlib.Path) -> None:
+def copy_tokenizer(init, workdir) -> None:
   """The init's tokenizer, so the loop reuses it instead of training one."""
+  init, workdir = paths.path(init), paths.path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if (init / "tokenizer.model").is_file():
-    shutil.copy2(init / "tokenizer.model", workdir / "tokenizer.model")
+    (init / "tokenizer.model").copy(workdir / "tokenizer.model", overwrite=True)
   elif (init / "tokenizer").is_dir():
-    shutil.copytree(init / "tokenizer", workdir / "tokenizer", dirs_exist_ok=True)
+    (workdir / "tokenizer").mkdir(exist_ok=True)
+    for f in (init / "tokenizer").iterdir():
+      f.copy(workdir / "tokenizer" / f.name, overwrite=True)
   else:
     raise UserError(f"--init {init} has no tokenizer (tokenizer.model or tokenizer/); is it an lmjax workdir?")
 
@@ -68,7 +69,7 @@ def task_source(cfg):
 
 def finetune(cfg, init, workdir) -> dict:
   """Trains the task head (and the body) from --init, then returns and records the task scores."""
-  init, workdir = pathlib.Path(init), pathlib.Path(workdir)
+  init, workdir = paths.path(init), paths.path(workdir)
   init_cfg = checkpoint.read_config(init)
   if "model" not in init_cfg:
     raise UserError(f"--init {init}: its config.json has no model section")

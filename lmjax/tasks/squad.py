@@ -44,7 +44,17 @@ def read_squad(path, answerable_only: bool = True) -> list[dict]:
         if not context.strip() or not qa.get("question", "").strip() or (answerable_only and not answers):
           skipped += 1
           continue
-        examples.append({"id": qa.get("id", str(len(examples))), "question": qa["question"].strip(),
+        qid = qa.get("id", str(len(examples)))
+        for a in answers:
+          if not isinstance(a, dict) or not isinstance(a.get("text"), str) or not isinstance(a.get("answer_start"), int):
+            raise UserError(f"task file {p}: question {qid} has an answer without a text string and an integer "
+                            f"answer_start ({a!r}); fix the file")
+        if answers:   # the first answer's span is the training label: it must be where it says
+          start, text = answers[0]["answer_start"], answers[0]["text"]
+          if context[start:start + len(text)] != text:
+            raise UserError(f"task file {p}: question {qid}'s answer_start {start} does not point at its answer "
+                            f"{text!r} (the context there reads {context[start:start + len(text)]!r}); fix the file")
+        examples.append({"id": qid, "question": qa["question"].strip(),
                          "context": context, "answers": [a["text"] for a in answers],
                          "answer_start": answers[0]["answer_start"] if answers else -1})
   if not examples:

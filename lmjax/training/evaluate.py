@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import functools
 import math
-import pathlib
 
 import jax
 import ml_collections
 import numpy as np
 
-from lmjax import checkpoint
+from lmjax import checkpoint, paths
 from lmjax.data import pipeline
 from lmjax.errors import UserError
 from lmjax.training import parallel, steps
@@ -58,7 +57,7 @@ def mean_metrics(per_batch) -> dict:
 def evaluate_workdir(workdir, split: str = "validation", data: str | None = None) -> dict:
   """`lmjax eval`: metrics of a pretraining run's newest checkpoint on a split of its data, or on a
   local text file (then with bits per byte)."""
-  workdir = pathlib.Path(workdir)
+  workdir = paths.path(workdir)
   cfg = ml_collections.ConfigDict(checkpoint.read_config(workdir))
   if "objective" not in cfg:
     raise UserError(f"{workdir} was not trained by lmjax train (no objective in its config.json)")
@@ -75,7 +74,7 @@ def evaluate_workdir(workdir, split: str = "validation", data: str | None = None
 
 def evaluate_file(run: Run, params, eval_step, rng, path: str) -> dict:
   """Loss, perplexity and bits per byte on one local text file (all of it, in order)."""
-  path = pathlib.Path(path)
+  path = paths.path(path)
   if not path.is_file():
     raise UserError(f"--data {path}: no such file")
   text = path.read_bytes().decode("utf-8", errors="replace")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import pathlib
 import signal
 import sys
 import time
@@ -26,14 +25,14 @@ import time
 import jax
 import numpy as np
 
-from lmjax import checkpoint
+from lmjax import checkpoint, paths
 from lmjax.data import pipeline
 from lmjax.errors import Stopped, UserError
 from lmjax.training import distributed, optim, parallel, steps
 from lmjax.training.evaluate import evaluate
 from lmjax.training.flops import peak_flops, train_flops_per_token
 from lmjax.training.metrics import MetricsWriter, Progress
-from lmjax.training.run import Run, batches, check_workdir, setup
+from lmjax.training.run import Run, batches, check_workdir, record_config, setup, workdir_lock
 from lmjax.training.state import TrainState, graft
 
 NONFINITE = ("skip", "halt")  # train.nonfinite: drop the step and go on, or stop without saving
@@ -71,17 +70,19 @@ def train(cfg, workdir, *, init_params=None, source=None, coordinator=None, num_
   source: (split name, tokenizer) -> the examples or rows to read (a fine-tuning task); default cfg.data's corpus.
   """
   distributed.initialize(coordinator, num_processes, process_id)
-  workdir = pathlib.Path(workdir).resolve()
-  check_workdir(workdir, cfg)
+  workdir = paths.path(workdir)
+  check_workdir(workdir, cfg)   # judged before anything in the workdir is written
+  with workdir_lock(workdir):
+    return _train(cfg, workdir, init_params, source)
+
+
+def _train(cfg, workdir, init_params, source) -> dict:
   mode = cfg.parallel.mode
   mesh = parallel.mesh_from_config(cfg.parallel)
   parallel.check_batch_size(cfg.data.batch_size, mode, mesh, cfg.optim.grad_accum)
   run = setup(cfg, workdir, mesh, train_tokenizer=True, source=source)
   t = cfg.train
   tx, schedule = optim.optimizer_from_config(cfg.optim, t.steps)
-  if jax.process_index() == 0:
-    # Written once the config has proved valid, so a failed start leaves nothing to disagree with.
-    checkpoint.write_config(workdir, cfg.to_dict())
   rng = jax.random.key(cfg.seed)
 
   step_fn = functools.partial(steps.train_step, model=run.model, objective=run.objective,
@@ -91,7 +92,7 @@ def train(cfg, workdir, *, init_params=None, source=None, coordinator=None, num_
   train_iter = batches(run, "train")
 
   mngr = checkpoint.open_manager(workdir, keep=t.keep, best_metric=t.best_metric)
-  start = resume(mngr, state, train_iter, mode)
+  start = resume(mngr, workdir, state, train_iter, mode)
   if start is not None:
     state = start
   elif init_params is not None:  # fine-tuning: pretrained params where paths match, fresh optimizer state
@@ -100,6 +101,9 @@ def train(cfg, workdir, *, init_params=None, source=None, coordinator=None, num_
     host = jax.tree.map(np.asarray, host.replace(params=params, opt_state=tx.init(params)))
     state = parallel.place_state(host, mode, mesh, run.model_cfg, tx)
   step = int(parallel.host_state(state, mode).step)
+  if jax.process_index() == 0:
+    # Written once the config has proved valid and the state to resume has been read.
+    record_config(workdir, cfg, step)
   train_step = parallel.compile_train_step(step_fn, mode, state, mesh)
   eval_step = parallel.compile_eval_step(eval_fn, mode, mesh)
 
@@ -135,28 +139,48 @@ def train(cfg, workdir, *, init_params=None, source=None, coordinator=None, num_
         progress.message(f"eval at step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items()))
         clock.pause()
       if at_eval or step % t.checkpoint_every == 0:
-        save(mngr, state, mode, step, rng, data_state, cfg, eval_metrics if at_eval else None)
+        save(mngr, workdir, state, mode, step, rng, data_state, cfg, eval_metrics if at_eval else None)
         clock.pause()
     if pending is not None:
       report(pending, t, writer, progress, schedule, clock)
     if preempt.signal is not None:
       if step not in mngr.all_steps():  # the signal may land just after a scheduled save of this very step
-        save(mngr, state, mode, step, rng, train_iter.get_state(), cfg, None)
-      mngr.wait_until_finished()
-      progress.close()
+        save(mngr, workdir, state, mode, step, rng, train_iter.get_state(), cfg, None)
+      wait_for_saves(mngr, workdir)
       raise Stopped(f"stopped by {preempt.signal} at step {step}; checkpoint saved in "
                     f"{checkpoint.checkpoint_dir(workdir)}. Rerun the same command to resume.")
+    wait_for_saves(mngr, workdir)
   except NonFinite as e:
-    mngr.wait_until_finished()
-    progress.close()
     raise UserError(str(e)) from None
   finally:
     preempt.restore()
-    mngr.wait_until_finished()
+    progress.close()
     writer.close()
-  progress.close()
+    try:
+      mngr.wait_until_finished()   # a save still running when something else failed; its error was said
+    except Exception:  # noqa: BLE001
+      pass
   mngr.close()
   return eval_metrics
+
+
+def wait_for_saves(mngr, workdir) -> None:
+  """Blocks until the asynchronous saves are on disk; a failed one (a full or read-only disk) is
+  a one-line error that says what is still there to resume from."""
+  try:
+    mngr.wait_until_finished()
+  except Exception as e:  # noqa: BLE001 -- orbax and tensorstore raise several types for one I/O fault
+    raise save_failed(mngr, workdir, e) from None
+
+
+def save_failed(mngr, workdir, e: BaseException) -> UserError:
+  done = checkpoint.steps(workdir)
+  last = f"checkpoint {done[-1]} is intact" if done else "no earlier checkpoint exists"
+  text = str(e)
+  why = next((m for m in ("No space left on device", "Read-only file system", "Permission denied",
+                          "No such file or directory") if m in text), checkpoint.first_line(e))
+  return UserError(f"saving a checkpoint in {checkpoint.checkpoint_dir(workdir)} failed ({why}); {last}. "
+                   "Free space (or fix the disk) and rerun the same command to resume")
 
 
 class NonFinite(Exception):
@@ -201,14 +225,25 @@ def report(pending, t, writer, progress, schedule, clock):
                          "mfu": f"{100 * clock.rate * clock.flops_per_token / clock.peak:.1f}%"})
 
 
-def resume(mngr, state: TrainState, train_iter, mode: str):
-  """The newest readable checkpoint, restored into `state`'s layout; None to start fresh."""
+def resume(mngr, workdir, state: TrainState, train_iter, mode: str):
+  """The newest readable checkpoint, restored into `state`'s layout; None to start fresh (no
+  checkpoint at all). Newer unreadable ones are moved aside, never deleted; when none of the
+  checkpoints can be read, the run stops here with nothing changed."""
   target = parallel.restore_target(state, mode)
-  found = checkpoint.restore_latest(mngr, target.params, target.opt_state)
-  for unreadable in [s for s in mngr.all_steps() if found is None or s > found[0]]:
-    # restore_latest skipped these; training writes each again exactly, and orbax will not save over one.
-    print(f"lmjax train: removing unreadable checkpoint {unreadable}", file=sys.stderr)
-    mngr.delete(unreadable)
+  found, unreadable = checkpoint.restore_latest(mngr, target.params, target.opt_state)
+  if found is None and unreadable:
+    step, why = unreadable[0]
+    raise UserError(f"none of the {len(unreadable)} checkpoints in {checkpoint.checkpoint_dir(workdir)} can be "
+                    f"read (newest, {step}: {why}); nothing was changed. If this config differs from the run's, "
+                    f"rerun with {paths.path(workdir) / 'config.json'}; otherwise move the workdir aside and start anew")
+  if unreadable and jax.process_index() == 0:
+    for step, why in unreadable:   # orbax will not save over a step on disk; training writes these again
+      aside = checkpoint.move_aside(workdir, step, why)
+      print(f"lmjax train: moved unreadable checkpoint {step} to {aside}", file=sys.stderr)
+  if unreadable:
+    if jax.process_count() > 1:
+      distributed.barrier("unreadable checkpoints moved aside")
+    mngr.reload()
   if found is None:
     return None
   step, params, opt_state, meta, data_state = found
@@ -226,12 +261,15 @@ def resume(mngr, state: TrainState, train_iter, mode: str):
   return parallel.place_restored(restored, state, mode)
 
 
-def save(mngr, state, mode, step, rng, data_state, cfg, metrics):
+def save(mngr, workdir, state, mode, step, rng, data_state, cfg, metrics):
   host = parallel.host_state(state, mode)
   meta = {"step": step, "skipped": int(host.skipped), "rng": checkpoint.rng_to_json(rng)}
   # Process 0 writes the JSON items, so it saves every host's position in its data shard.
   data_states = {"processes": distributed.allgather_json(data_state)}
-  checkpoint.save(mngr, step, host.params, host.opt_state, meta, data_states, cfg.to_dict(), metrics)
+  try:   # an asynchronous save's error surfaces at the next save or wait
+    checkpoint.save(mngr, step, host.params, host.opt_state, meta, data_states, cfg.to_dict(), metrics)
+  except Exception as e:  # noqa: BLE001 -- orbax and tensorstore raise several types for one I/O fault
+    raise save_failed(mngr, workdir, e) from None
 
 
 def log_start(run: Run, workdir, state, flops_per_token, step):

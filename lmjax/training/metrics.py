@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import pathlib
 import sys
 import time
 
 import jax
+
+from lmjax import paths
+from lmjax.errors import UserError
 
 
 class MetricsWriter:
@@ -18,25 +20,31 @@ class MetricsWriter:
     self.enabled = jax.process_index() == 0
     if not self.enabled:
       return
-    self.path = pathlib.Path(workdir) / "metrics.jsonl"
+    self.path = paths.path(workdir) / "metrics.jsonl"
     if self.path.exists():
-      # A resumed run rewrites history from its checkpoint on: drop the lines of the
-      # steps it will replay, so the file reads as one uninterrupted run.
-      lines = [l for l in self.path.read_text().splitlines()
-               if l.strip() and json.loads(l)["step"] <= resume_step]
-      self.path.write_text("".join(l + "\n" for l in lines))
-    self.file = self.path.open("a")
+      # A resumed run rewrites history from its checkpoint on: drop the lines of the steps it
+      # will replay, so the file reads as one uninterrupted run. A line cut short by a kill
+      # is one of those (it was being written after the last checkpoint).
+      self.lines = [l for l in self.path.read_text().splitlines() if (step_of(l) is not None and step_of(l) <= resume_step)]
+      self._guard(lambda: self.path.write_text("".join(l + "\n" for l in self.lines)))
+    else:
+      self.lines = []
+    # Object stores (gs://) cannot append: there the file is written whole at each line.
+    self.file = None if paths.is_url(self.path) else self._guard(lambda: self.path.open("a"))
     import tensorflow as tf  # only for its event-file writer; already loaded by TFDS
     self.tf = tf
-    self.tb = tf.summary.create_file_writer(str(pathlib.Path(workdir) / "tensorboard"))
+    self.tb = tf.summary.create_file_writer(str(paths.path(workdir) / "tensorboard"))
 
   def write(self, step: int, split: str, metrics: dict) -> None:
     if not self.enabled:
       return
     row = {"step": int(step), "split": split}
     row.update({k: float(v) for k, v in metrics.items()})
-    self.file.write(json.dumps(row) + "\n")
-    self.file.flush()
+    if self.file is None:
+      self.lines.append(json.dumps(row))
+      self._guard(lambda: self.path.write_text("".join(l + "\n" for l in self.lines)))
+    else:
+      self._guard(lambda: (self.file.write(json.dumps(row) + "\n"), self.file.flush()))
     with self.tb.as_default(step=int(step)):
       for k, v in row.items():
         if k not in ("step", "split") and math.isfinite(v):
@@ -44,8 +52,29 @@ class MetricsWriter:
 
   def close(self) -> None:
     if self.enabled:
-      self.file.close()
+      try:
+        if self.file is not None:
+          self.file.close()
+      except OSError:
+        pass   # its error was said when the write failed
       self.tb.close()
+
+  def _guard(self, write):
+    """write(), or a one-line error when the disk is full, read-only or gone."""
+    try:
+      return write()
+    except OSError as e:
+      raise UserError(f"cannot write {self.path} ({e.strerror or e}); free space or fix the disk, then rerun "
+                      "the same command to resume from the last checkpoint") from None
+
+
+def step_of(line: str) -> int | None:
+  """The step of a metrics.jsonl line, or None for a line that is not one (cut short by a kill)."""
+  try:
+    row = json.loads(line)
+    return int(row["step"]) if isinstance(row, dict) and "step" in row else None
+  except (ValueError, TypeError):
+    return None
 
 
 class Progress:

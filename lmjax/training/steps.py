@@ -22,11 +22,16 @@ def global_sum(tree, axis_name):
   return tree if axis_name is None else jax.lax.psum(tree, axis_name)
 
 
+def row_ids(rows: int, axis_name):
+  """Each local row's index in the global batch (under pmap, device i holds rows i*rows ...)."""
+  first = 0 if axis_name is None else jax.lax.axis_index(axis_name) * rows
+  return first + jnp.arange(rows)
+
+
 def row_keys(rng, rows: int, axis_name):
   """One key per row, folded with the row's index in the global batch, so a row's
   masking is the same whichever device holds it."""
-  first = 0 if axis_name is None else jax.lax.axis_index(axis_name) * rows
-  return jax.vmap(lambda i: jax.random.fold_in(rng, i))(first + jnp.arange(rows))
+  return jax.vmap(lambda i: jax.random.fold_in(rng, i))(row_ids(rows, axis_name))
 
 
 def split_micro_batches(tree, n: int):
@@ -43,20 +48,20 @@ def means_of(sums, weight_sums):
 
 def train_step(state, batch, rng, *, model, objective, settings, tx, grad_accum: int = 1,
                axis_name=None):
-  """-> (new state, metrics). Masking and dropout keys derive from fold_in(rng, state.step).
+  """-> (new state, metrics). Masking and dropout draw from fold_in(rng, state.step) and each row's
+  index in the global batch: the same on any device layout and with any grad_accum.
 
   A non-finite loss or gradient drops the update (params and optimizer state are kept;
   `skipped` counts it) and sets metrics["nonfinite"]; train.nonfinite=halt stops the loop on it.
   """
   rng = jax.random.fold_in(rng, state.step)
   mask_rng, dropout_rng = jax.random.split(rng)
-  if axis_name is not None:
-    dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
   rows = batch["input_ids"].shape[0]
   inputs, targets = objective.prepare(batch, row_keys(mask_rng, rows, axis_name), settings)
+  inputs = {**inputs, "row_ids": row_ids(rows, axis_name)}
   weight_sums = global_sum({t: jnp.sum(w) for t, w in targets["weights"].items()}, axis_name)
 
-  def loss_fn(params, inputs, targets, dropout_rng):
+  def loss_fn(params, inputs, targets):
     outputs = model.apply({"params": params}, **inputs, deterministic=False,
                           rngs={"dropout": dropout_rng})
     sums = objective.loss(outputs, targets, settings)
@@ -65,15 +70,14 @@ def train_step(state, batch, rng, *, model, objective, settings, tx, grad_accum:
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if grad_accum == 1:
-    (_, sums), grads = grad_fn(state.params, inputs, targets, dropout_rng)
+    (_, sums), grads = grad_fn(state.params, inputs, targets)
   else:
     def accumulate(grads, micro):
-      inputs, targets, i = micro
-      (_, sums), micro_grads = grad_fn(state.params, inputs, targets, jax.random.fold_in(dropout_rng, i))
+      (_, sums), micro_grads = grad_fn(state.params, *micro)
       return jax.tree.map(jnp.add, grads, micro_grads), sums
     micro = split_micro_batches((inputs, targets), grad_accum)
     zeros = jax.tree.map(jnp.zeros_like, state.params)
-    grads, sums = jax.lax.scan(accumulate, zeros, (*micro, jnp.arange(grad_accum)))
+    grads, sums = jax.lax.scan(accumulate, zeros, micro)
     sums = jax.tree.map(lambda x: jnp.sum(x, 0), sums)
   grads, sums = global_sum((grads, sums), axis_name)
 
