@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import ml_collections
 
 from lmjax import models, objectives, tasks
+from lmjax.data import pipeline, tokenizer
 from lmjax.errors import UserError
 from lmjax.models import layers
 from lmjax.training import loop, optim, parallel
@@ -36,6 +37,8 @@ CHOICES = {
     "parallel.mode": parallel.MODES,
     "train.nonfinite": loop.NONFINITE,
     "model.preset": ("",) + tuple(models.PRESETS),
+    "tokenizer.model_type": tokenizer.MODEL_TYPES,
+    "data.layout": ("",) + tuple(pipeline.LAYOUTS),
     "model.norm": layers.NORMS,
     "model.position": layers.POSITIONS,
     "model.activation": layers.ACTIVATIONS,
@@ -63,14 +66,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = model_section("gpt-tiny")
   c.tokenizer = ml_collections.ConfigDict(dict(
       vocab_size=8192,            # must equal model.vocab_size
-      model_type="unigram",       # or "bpe"
+      model_type="unigram",       # or "bpe", or "char": the training text's characters (nanoGPT's shakespeare_char)
       byte_fallback=True,
       character_coverage=0.9995,
       sample_chars=20_000_000,    # characters of the corpus to train on
   ))
   c.data = ml_collections.ConfigDict(dict(
-      source="default",           # "default" (offline corpus), "local" (data.path), or a TFDS name
-      path="",                    # local corpus: a directory or glob of .txt / .jsonl / .zip of .txt
+      source="default",           # "default" (offline corpus), "local" (data.path), "file" (one text file), or a TFDS name
+      path="",                    # local corpus: a directory or glob of .txt / .jsonl / .zip of .txt; "file": one file
+      train_fraction=0.9,         # source "file": its first 90% of characters train, the rest validation (nanoGPT)
+      layout="",                  # rows: "" = the objective's; "stream" = random windows of one token stream (clm)
       txt_docs="file",            # .txt documents: one per "file", or per blank-line "paragraph"
       max_chars=0,                # cap on the corpus size in characters; 0 = all of it
       text_field="text",          # TFDS/JSONL field holding the text

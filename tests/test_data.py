@@ -3,6 +3,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import shutil
 
 import hypothesis
 import hypothesis.strategies as st
@@ -405,3 +406,207 @@ def test_iterator_from_config(data_dir, tok):
   cfg.data.batch_size = 7
   with pytest.raises(UserError, match="not divisible"):
     pipeline.iterator_from_config(cfg, tok, "train", kind="clm", process_count=2)
+
+
+# ------------------------------------------------------------------------------------------- Shakespeare (char stream)
+
+
+SHAKESPEARE = "tinyshakespeare/input.txt"
+
+
+@pytest.fixture(scope="module")
+def shakespeare(shared_data):
+  """The file, and nanoGPT's prepare.py on it: chars = sorted(set(data)), 90/10 character split."""
+  path = shared_data / SHAKESPEARE
+  data = path.read_text(encoding="utf-8")
+  chars = sorted(list(set(data)))
+  n = len(data)
+  return dict(path=str(path), data=data, stoi={ch: i for i, ch in enumerate(chars)},
+              train=data[:int(n * 0.9)], val=data[int(n * 0.9):])
+
+
+@pytest.fixture(scope="module")
+def char_tok(shakespeare):
+  return tokenizer.CharTokenizer.from_text([shakespeare["train"]])
+
+
+def test_file_source_splits_as_nanogpt(shakespeare):
+  train = sources.open_source("file", "train", path=shakespeare["path"])
+  val = sources.open_source("file", "validation", path=shakespeare["path"])
+  assert len(train) == len(val) == 1
+  assert train[0] == shakespeare["train"] and val[0] == shakespeare["val"]
+  assert (len(train[0]), len(val[0])) == (1_003_854, 111_540)   # prepare.py's printed counts
+  assert sources.open_source("file", "train", path=shakespeare["path"], train_fraction=0.5)[0] == \
+      shakespeare["data"][:len(shakespeare["data"]) // 2]
+  with pytest.raises(UserError, match="splits 'train' and 'validation'"):
+    sources.open_source("file", "test", path=shakespeare["path"])
+  with pytest.raises(UserError, match="is not a file"):
+    sources.open_source("file", "train", path=str(pathlib.Path(shakespeare["path"]).parent))
+
+
+def test_char_tokenizer_is_nanogpts_and_round_trips(char_tok, shakespeare, tmp_path):
+  assert char_tok.vocab_size == 65
+  assert {c: char_tok.encode(c)[0] for c in char_tok.chars} == shakespeare["stoi"]   # the same ids as nanoGPT's
+  assert char_tok.encode(shakespeare["val"]) == [shakespeare["stoi"][c] for c in shakespeare["val"]]
+  for text in (shakespeare["train"], shakespeare["val"], "", "\n\n  O Romeo, Romeo!\n"):
+    assert char_tok.decode(char_tok.encode(text)) == text
+  assert [char_tok.decode(i) for i in char_tok.encode_batch(["ab", "c\n"])] == ["ab", "c\n"]
+  assert char_tok.id_to_piece(0) == "\n" and char_tok.id_to_piece(1) == " "
+  assert char_tok.special_ids == () and char_tok.pad_id is None and char_tok.eos_id is None
+  with pytest.raises(UserError, match="'é'"):
+    char_tok.encode("café")
+  starts = char_tok.word_starts(char_tok.encode("To be,\nor"))
+  assert starts.tolist() == [True, False, True, True, False, False, True, True, False]
+  char_tok.save(str(tmp_path / tokenizer.CHAR_FILE))
+  loaded = tokenizer.load_tokenizer(str(tmp_path))
+  assert tokenizer.has_tokenizer(str(tmp_path)) and loaded.chars == char_tok.chars
+
+
+def shakespeare_config(path, **data):
+  spec = importlib.util.spec_from_file_location(
+      "shakespeare_char", pathlib.Path(__file__).parent.parent / "experiments/shakespeare_char.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  cfg = module.get_config()
+  cfg.data.path = path
+  cfg.data.update(data)
+  return cfg
+
+
+def test_char_tokenizer_from_config(shakespeare, tmp_path, capsys):
+  cfg = shakespeare_config(shakespeare["path"])
+  tok = tokenizer.train_from_config(cfg, str(tmp_path))
+  assert tok.chars == sorted(set(shakespeare["train"]))
+  assert (tmp_path / tokenizer.CHAR_FILE).is_file() and "reusing" not in capsys.readouterr().out
+  tokenizer.train_from_config(cfg, str(tmp_path))
+  assert "reusing" in capsys.readouterr().out
+  cfg.tokenizer.vocab_size = 64
+  with pytest.raises(UserError, match="has 65 distinct characters.*set tokenizer.vocab_size and model.vocab_size to 65"):
+    tokenizer.train_from_config(cfg, str(tmp_path / "other"))
+
+
+def stream(split_text, tok, **kw):
+  args = dict(seq_len=64, batch_size=12, seed=3)
+  args.update(kw)
+  return pipeline.make_iterator("stream", [split_text], tok, **args)
+
+
+def test_stream_windows_are_contiguous_slices_with_next_char_targets(char_tok, shakespeare):
+  text = shakespeare["train"]
+  batches = [next(it) for it in [stream(text, char_tok)] for _ in range(5)]
+  starts = set()
+  for b in batches:
+    assert set(b) == {"input_ids", "labels", "segment_ids"} and b["input_ids"].shape == (12, 64)
+    assert (b["segment_ids"] == 1).all()   # every position is a target
+    for ids, labels in zip(b["input_ids"], b["labels"]):
+      window = char_tok.decode(ids) + char_tok.decode(labels[-1:])
+      i = text.find(window)
+      assert i >= 0 and 0 <= i < len(text) - 64   # a contiguous slice, offset as torch.randint(len - block)
+      assert char_tok.decode(labels) == text[i + 1:i + 65]   # targets: the same window shifted by one
+      starts.add(i)
+  assert len(starts) == 60   # random offsets: no two windows alike in 60
+
+
+def test_stream_is_deterministic_and_resumes_exactly(char_tok, shakespeare):
+  text = shakespeare["train"]
+  a, b = stream(text, char_tok), stream(text, char_tok)
+  for _ in range(7):
+    x, y = next(a), next(b)
+    assert all((x[k] == y[k]).all() for k in x)
+  assert not (next(stream(text, char_tok, seed=4))["input_ids"] == next(stream(text, char_tok))["input_ids"]).all()
+  state = json.loads(json.dumps(a.get_state()))
+  expected = [next(a) for _ in range(20)]
+  resumed = stream(text, char_tok)
+  resumed.set_state(state)
+  for x, y in zip(expected, [next(resumed) for _ in range(20)]):
+    assert all((x[k] == y[k]).all() for k in x)
+  with pytest.raises(UserError, match="different pipeline"):
+    stream(text[:-1], char_tok).set_state(state)   # another text: another token count
+
+
+def test_stream_global_batch_is_the_same_for_any_process_count(char_tok, shakespeare):
+  text = shakespeare["train"]
+  one = stream(text, char_tok)
+  halves = [stream(text, char_tok, shard_index=i, shard_count=2) for i in range(2)]
+  for _ in range(3):
+    whole, parts = next(one), [next(h) for h in halves]
+    np.testing.assert_array_equal(whole["input_ids"], np.concatenate([p["input_ids"] for p in parts]))
+  # A checkpoint written by 2 processes resumes on 1 at the next global batch, and back.
+  states = [h.get_state() for h in halves]
+  resumed = stream(text, char_tok)
+  resumed.set_state(pipeline.reshard_state(states, 0, 1))
+  np.testing.assert_array_equal(next(resumed)["input_ids"], next(one)["input_ids"])
+
+
+def test_stream_evaluation(char_tok, shakespeare):
+  val = shakespeare["val"]
+  # nanoGPT's estimate_loss: eval_iters batches of random windows, the same ones at every evaluation.
+  first, again = (list(stream(val, char_tok, train=False, num_batches=20)) for _ in range(2))
+  assert len(first) == 20 and all((x["input_ids"] == y["input_ids"]).all() for x, y in zip(first, again))
+  train_batch = next(stream(val, char_tok))
+  assert not (train_batch["input_ids"] == first[0]["input_ids"]).all()   # not the training draw of that text
+  # Without num_batches, one ordered pass: each character after the first is a target exactly once.
+  passes = list(stream(val, char_tok, train=False))
+  real = np.concatenate([b["segment_ids"].reshape(-1) for b in passes]) > 0
+  targets = np.concatenate([b["labels"].reshape(-1) for b in passes])[real]
+  inputs = np.concatenate([b["input_ids"].reshape(-1) for b in passes])[real]
+  assert char_tok.decode(targets) == val[1:] and char_tok.decode(inputs) == val[:-1]
+
+
+def test_stream_loss_scores_every_position(char_tok, shakespeare):
+  """The clm objective on stream rows: nanoGPT's F.cross_entropy over all B x L positions, the last included."""
+  import jax
+  from lmjax import objectives
+  batch = next(stream(shakespeare["train"], char_tok, batch_size=2, seq_len=8))
+  inputs, targets = objectives.OBJECTIVES["clm"].prepare(batch, None, None)
+  np.testing.assert_array_equal(targets["labels"], batch["labels"])
+  assert float(targets["weights"]["lm"].sum()) == 16
+  logits = np.random.default_rng(0).normal(size=(2, 8, 65)).astype(np.float32)
+  outputs = type("Out", (), {"logits": jax.numpy.asarray(logits)})
+  settings = objectives.Settings()
+  sums = objectives.OBJECTIVES["clm"].loss(outputs, targets, settings)
+  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  expected = -np.take_along_axis(log_p, batch["labels"][..., None], -1).mean()
+  np.testing.assert_allclose(float(sums["lm"]["loss"]) / 16, expected, rtol=1e-5)
+
+
+def test_stream_layout_from_config(char_tok, shakespeare):
+  cfg = shakespeare_config(shakespeare["path"])
+  train = pipeline.iterator_from_config(cfg, char_tok, "train", kind="clm")
+  assert next(train)["labels"].shape == (12, 64) and train.get_state()["tokens"] == 1_003_854
+  evals = pipeline.iterator_from_config(cfg, char_tok, "eval", kind="clm", num_batches=20)
+  assert evals.get_state()["tokens"] == 111_540 and len(list(evals)) == 20
+  with pytest.raises(UserError, match="data.layout='stream' makes rows for .* not 'pairs' rows"):
+    pipeline.iterator_from_config(cfg, char_tok, "train", kind="pairs")
+
+
+@pytest.mark.slow   # three short trainings: ~40 s on 2 busy cores
+def test_tiny_shakespeare_run_trains_and_resumes_bit_exactly(shakespeare, tmp_path):
+  """experiments/shakespeare_char.py, shrunk: 8 steps straight, and 8 steps with a crash after
+  checkpoint 4 then the same command again, give the same losses and params, bit for bit."""
+  import jax
+  from lmjax import checkpoint
+  from lmjax.config import load_config
+  from lmjax.training import loop
+  tiny = ["--config.model.hidden=32", "--config.model.num_heads=2", "--config.model.mlp_dim=64",
+          "--config.model.num_layers=2", "--config.train.steps=8", "--config.optim.warmup_steps=2",
+          "--config.train.log_every=1", "--config.train.eval_every=4", "--config.train.eval_batches=2",
+          "--config.train.checkpoint_every=4", "--config.train.keep=10", "--config.train.samples=0",
+          f"--config.data.path={shakespeare['path']}"]
+  cfg = lambda: load_config(str(pathlib.Path(__file__).parent.parent / "experiments/shakespeare_char.py"), tiny)
+
+  def losses(workdir):
+    rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["split"], r["loss"]) for r in rows]
+
+  straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+  loop.train(cfg(), straight)
+  loop.train(cfg(), crashed)
+  shutil.rmtree(crashed / "checkpoints" / "8")   # what a crash right after checkpoint 4 leaves
+  loop.train(cfg(), crashed)
+  trajectory = losses(straight)
+  assert trajectory == losses(crashed) and len(trajectory) == 10   # 8 train lines, 2 evals
+  assert abs(trajectory[0][2] - np.log(65)) < 0.1 and trajectory[-2][2] < trajectory[0][2] - 0.1
+  for a, b in zip(jax.tree.leaves(checkpoint.restore_params(straight)), jax.tree.leaves(checkpoint.restore_params(crashed))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert (straight / tokenizer.CHAR_FILE).is_file()

@@ -8,6 +8,8 @@ the current document, is the whole iterator state: `it.get_state()` is a small J
 `it.set_state(state)` resumes with exactly the batches that would have come next.
 Everything drawn at random for a document (BERT pair lengths, next-or-random) comes from an rng
 seeded by (seed, its position in the global stream), so it is the same however the data is sharded.
+One layout reads no document stream: "stream" (StreamRows, nanoGPT's reading of one text) cuts
+windows at random offsets from a split's tokens joined into one array; its state is a window count.
 
 Evaluation iterators make one pass over the split in order (no shuffle) and then stop; the last
 batch is padded with empty rows (segment_ids / attention_mask all 0), which losses weight out.
@@ -104,6 +106,82 @@ class LMRows:
       if self.offset == len(ids) + 1:
         self.doc, self.offset = self.doc + 1, 0
     return row if filled else None
+
+
+class StreamRows:
+  """Windows of one token stream, nanoGPT's get_batch: a split's documents tokenized and joined
+  (EOS between them where the tokenizer has one; tinyshakespeare is one document) into T tokens;
+  a window at offset i is input_ids = tokens[i:i+L], labels = tokens[i+1:i+1+L], so every one of
+  its L positions is a target (segment_ids 1; 0 marks padding, whose labels are weighted out).
+
+  Random windows (training, and evaluation with num_batches: nanoGPT's estimate_loss): the offsets
+  of global batch b are uniform on [0, T - L) (torch.randint(len(data) - block_size)) drawn from
+  numpy's generator seeded with (seed, split, b), so a batch is a function of (seed, step) alone;
+  process p of P takes rows [p B/P, (p+1) B/P) of it, so the global batch is the same for any P.
+  An evaluation therefore scores the same windows each time. The state is the number of windows
+  this process has read. Evaluation without num_batches is one ordered pass instead: windows at
+  0, L, 2L, ..., the last one padded, so every token but the first is scored exactly once.
+  The whole split is held in memory as int32: meant for corpora of some hundred million tokens at most.
+  """
+
+  def __init__(self, source, tokenizer, seq_len: int, *, seed: int, shard_index: int, shard_count: int,
+               batch_size: int, train: bool, random: bool):
+    self.tokens = stream_tokens(source, tokenizer)
+    if len(self.tokens) <= seq_len:
+      raise UserError(f"{source} has {len(self.tokens)} tokens, too few for one window of data.seq_len={seq_len} "
+                      "and its next-token targets; lower data.seq_len")
+    self.seq_len, self.seed, self.train, self.random = seq_len, seed, train, random
+    self.shard_index, self.shard_count = shard_index, shard_count
+    self.rows_per_batch, self.batch_size = batch_size // shard_count, batch_size
+    self.window = 0
+    self._batch, self._windows = None, None
+    self.num_windows = -(-(len(self.tokens) - 1) // seq_len)   # the ordered pass
+
+  def get_state(self):
+    return {"window": self.window}
+
+  def set_state(self, state):
+    self.window = int(state["window"])
+
+  def empty_row(self):
+    zeros = np.zeros(self.seq_len, np.int32)
+    return {"input_ids": zeros, "labels": zeros.copy(), "segment_ids": zeros.copy()}
+
+  def batch_offsets(self, b: int) -> np.ndarray:
+    """Offsets of every window of global batch b (all processes' rows)."""
+    rng = np.random.default_rng((self.seed, int(self.train), b))
+    return rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size)
+
+  def next_row(self):
+    L = self.seq_len
+    if self.random:
+      b, r = divmod(self.window, self.rows_per_batch)
+      if self._batch != b:   # this process's windows of batch b, cut in one gather
+        offsets = self.batch_offsets(b)[self.shard_index * self.rows_per_batch:][:self.rows_per_batch]
+        self._batch, self._windows = b, self.tokens[offsets[:, None] + np.arange(L + 1)]
+      self.window += 1
+      window = self._windows[r]
+      return {"input_ids": window[:-1], "labels": window[1:], "segment_ids": np.ones(L, np.int32)}
+    g = self.shard_index + self.window * self.shard_count
+    if g >= self.num_windows:
+      return None
+    self.window += 1
+    window = self.tokens[g * L:g * L + L + 1]
+    n = len(window) - 1   # targets in this window: L but in the last
+    row = self.empty_row()
+    row["input_ids"][:n], row["labels"][:n], row["segment_ids"][:n] = window[:-1], window[1:], 1
+    return row
+
+
+def stream_tokens(source, tokenizer) -> np.ndarray:
+  """All documents of `source` as one int32 array, EOS between documents where the tokenizer has one."""
+  encode = getattr(tokenizer, "encode_array", None) or (lambda text: np.asarray(tokenizer.encode(text), np.int32))
+  parts = []
+  for i in range(len(source)):
+    if i and tokenizer.eos_id is not None:
+      parts.append(np.array([tokenizer.eos_id], np.int32))
+    parts.append(encode(source[i]).astype(np.int32))
+  return np.concatenate(parts)
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]*[A-Z0-9])")
@@ -301,7 +379,10 @@ class PrebuiltRows:
 
 
 # Row layouts by name; each objective names the one it reads (objectives/*.py: `batch=`).
-ROWS = {"clm": LMRows, "pairs": PairRows, "classification": ClassificationRows, "features": PrebuiltRows}
+ROWS = {"clm": LMRows, "pairs": PairRows, "classification": ClassificationRows, "features": PrebuiltRows,
+        "stream": StreamRows}
+# data.layout: a layout that replaces an objective's own, and the one it replaces.
+LAYOUTS = {"stream": "clm"}
 
 
 class BatchIterator:
@@ -344,7 +425,11 @@ class BatchIterator:
 def reshard_state(states: list[dict], shard_index: int, shard_count: int) -> dict:
   """Iterator state for shard `shard_index` of `shard_count`, from the states of a run with a
   different process count: every shard continues after the furthest document any old shard
-  had reached. No document is read twice; the few in flight at the save are skipped."""
+  had reached. No document is read twice; the few in flight at the save are skipped.
+  A stream's batches do not depend on the process count: it continues at the next global batch."""
+  if states[0]["kind"] == "stream":
+    return {**states[0], "shard_index": shard_index, "shard_count": shard_count,
+            "window": states[0]["batches"] * (states[0]["batch_size"] // shard_count)}
   frontier = max(s["shard_index"] + s["doc"] * s["shard_count"] for s in states) + 1
   return {**states[0], "shard_index": shard_index, "shard_count": shard_count,
           "doc": -(-(frontier - shard_index) // shard_count), "offset": 0, "instance": 0}
@@ -358,11 +443,19 @@ def make_iterator(kind: str, source, tokenizer, *, seq_len: int, batch_size: int
 
   batch_size is global: this process gets batch_size // shard_count rows of each batch. train=True
   shuffles and repeats forever; train=False is one pass in order. num_batches > 0 stops after that many.
+  A "stream" reads `source` as one token stream (StreamRows): random windows when training or
+  when num_batches > 0, else one ordered pass.
   """
   if batch_size % shard_count:
     raise UserError(f"data.batch_size {batch_size} is not divisible by the {shard_count} processes")
   if kind not in ROWS:
     raise UserError(f"unknown batch kind {kind!r}; use one of {sorted(ROWS)}")
+  if kind == "stream":
+    rows = StreamRows(source, tokenizer, seq_len, seed=seed, shard_index=shard_index, shard_count=shard_count,
+                      batch_size=batch_size, train=train, random=train or num_batches > 0)
+    identity = dict(kind=kind, seed=seed, shard_index=shard_index, shard_count=shard_count, seq_len=seq_len,
+                    batch_size=batch_size, train=train, documents=len(source), tokens=len(rows.tokens))
+    return BatchIterator(rows, batch_size // shard_count, identity, num_batches)
   stream = _DocStream(source, seed=seed, shard_index=shard_index, shard_count=shard_count, train=train)
   if kind == "pairs":
     rows = PairRows(stream, tokenizer, seq_len, seed=seed, short_seq_prob=short_seq_prob)
@@ -382,9 +475,18 @@ def iterator_from_config(cfg, tokenizer, split: str = "train", *, kind: str, sou
   `split` is "train", "eval" (data.train_split / data.eval_split) or a split's own name; the train
   split is shuffled and endless, any other is one ordered pass (or num_batches). `source(split_name)`
   gives what to read (a task's examples or rows); by default the corpus that cfg.data names.
+  data.layout, when set, replaces the objective's layout `kind` (LAYOUTS says which it may replace).
   """
   from lmjax.data import sources
   data = cfg.data
+  layout = data.get("layout", "")
+  if layout:
+    if layout not in LAYOUTS:
+      raise UserError(f"data.layout={layout!r} is not one of {sorted(LAYOUTS)} (or '' for the objective's own)")
+    if kind != LAYOUTS[layout]:
+      raise UserError(f"data.layout={layout!r} makes rows for objectives that read {LAYOUTS[layout]!r} rows "
+                      f"(a causal LM), not {kind!r} rows; set data.layout='' or objective.name='clm'")
+    kind = layout
   split_name = data.train_split if split == "train" else (data.eval_split if split == "eval" else split)
   docs = source(split_name) if source is not None else sources.source_from_config(data, split_name)
   return make_iterator(kind, docs, tokenizer, seq_len=data.seq_len, batch_size=data.batch_size,

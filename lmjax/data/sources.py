@@ -348,9 +348,44 @@ class TextSource:
     return f"TextSource({self.name!r}, {self.split!r}, {len(self)} documents)"
 
 
+class TextFileSplit:
+  """One split of one text file as a single document: "train" is its first `train_fraction` of
+  characters, "validation" the rest (nanoGPT's prepare.py: data[:int(n * 0.9)], data[int(n * 0.9):]).
+  The file is read as bytes and decoded as UTF-8, so its text is kept exactly (no newline translation)."""
+
+  def __init__(self, path: str, split: str, train_fraction: float = 0.9):
+    if split not in ("train", "validation"):
+      raise UserError(f"data.source='file' has the splits 'train' and 'validation', not {split!r}")
+    if not 0 < train_fraction < 1:
+      raise UserError(f"data.train_fraction={train_fraction} must lie strictly between 0 and 1")
+    if not os.path.isfile(os.path.expanduser(path)):
+      raise UserError(f"data.path={path!r} is not a file; data.source='file' reads one text file")
+    with open(os.path.expanduser(path), "rb") as f:
+      text = _decode(f.read(), dict(non_utf8_files=0, replaced_chars=0))
+    cut = int(len(text) * train_fraction)
+    self.path, self.split = path, split
+    self.text = text[:cut] if split == "train" else text[cut:]
+    if not self.text:
+      raise UserError(f"split {split!r} of {path} is empty; change data.train_fraction or use a longer file")
+
+  def __len__(self) -> int:
+    return 1
+
+  def __getitem__(self, i: int) -> str:
+    if i != 0:
+      raise IndexError(i)
+    return self.text
+
+  def __repr__(self):
+    return f"TextFileSplit({self.path!r}, {self.split!r}, {len(self.text)} characters)"
+
+
 def open_source(source: str, split: str, *, path: str = "", text_field: str = "text", data_dir: str = "",
-                txt_docs: str = "file", max_chars: int = 0) -> TextSource:
-  """One split of the "default" corpus, a "local" one at `path`, or a TFDS dataset by name."""
+                txt_docs: str = "file", max_chars: int = 0, train_fraction: float = 0.9):
+  """One split of the "default" corpus, a "local" one at `path`, one text "file" at `path`, or a
+  TFDS dataset by name."""
+  if source == "file":
+    return TextFileSplit(path, split, train_fraction)
   if source == "default":
     data_dir = data_dir or DEFAULT_DATA_DIR
     return TextSource(prepare_default(data_dir=data_dir, max_chars=max_chars), split, data_dir=data_dir)
@@ -361,8 +396,8 @@ def open_source(source: str, split: str, *, path: str = "", text_field: str = "t
   return TextSource(source, split, data_dir=data_dir, text_field=text_field)
 
 
-def source_from_config(data, split: str) -> TextSource:
+def source_from_config(data, split: str):
   """`data` is the experiment's `c.data` section."""
   return open_source(data.source, split, path=data.get("path", ""), text_field=data.get("text_field", "text"),
                      data_dir=data.get("data_dir", ""), txt_docs=data.get("txt_docs", "file"),
-                     max_chars=data.get("max_chars", 0))
+                     max_chars=data.get("max_chars", 0), train_fraction=data.get("train_fraction", 0.9))

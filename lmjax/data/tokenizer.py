@@ -1,6 +1,7 @@
-"""Tokenizers: our own sentencepiece models, and imported Hugging Face ones (WordPiece, GPT-2 BPE).
+"""Tokenizers: our own sentencepiece models, characters (nanoGPT's shakespeare_char), and imported
+Hugging Face ones (WordPiece, GPT-2 BPE).
 
-Both kinds share one small duck-typed interface: vocab_size, pad_id, unk_id, cls_id, sep_id, mask_id,
+All kinds share one small duck-typed interface: vocab_size, pad_id, unk_id, cls_id, sep_id, mask_id,
 bos_id, eos_id (None where a tokenizer has no such token), special_ids, encode, encode_batch, decode,
 id_to_piece, word_starts.
 
@@ -9,6 +10,12 @@ tokenizer agree: [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4 <s>=5 </s>=6, then "\n
 They keep text exactly (identity normalization, no whitespace collapsing, newline piece, byte
 fallback), so decode(encode(text)) == text for any text when byte_fallback is on, except that
 sentencepiece's own space mark U+2581 '▁' in the input comes back as a space.
+Character tokenizers (`tokenizer.model_type="char"`) are nanoGPT's data/shakespeare_char/prepare.py:
+the vocabulary is the sorted set of the characters of the training text, id i = the i-th of them, and
+nothing else: no special ids (all None), so a char model's ids are nanoGPT's (65 for Shakespeare,
+'\n' = 0, ' ' = 1, ...). decode(encode(text)) == text for every text made of those characters; a
+character outside the vocabulary is an error naming it, never a silent [UNK], so a round trip is exact.
+Saved as WORKDIR/tokenizer.chars.json ({"type": "char", "chars": [...]}).
 Tokenizer files are read and written through `etils.epath`, so a workdir may be a `gs://` URL.
 """
 import io
@@ -24,6 +31,7 @@ import sentencepiece as spm
 from lmjax import paths
 from lmjax.errors import UserError
 
+MODEL_TYPES = ("unigram", "bpe", "char")   # tokenizer.model_type: sentencepiece's two, or characters
 RESERVED = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<s>", "</s>")
 NEWLINE = "\n"
 MAX_SENTENCE_CHARS = 4000   # sentencepiece skips training "sentences" longer than max_sentence_length bytes
@@ -131,16 +139,94 @@ class HFTokenizer:
     return starts
 
 
+class CharTokenizer:
+  """One id per character, from a sorted character list (nanoGPT's stoi/itos); no special ids."""
+
+  def __init__(self, chars, path: str = ""):
+    chars = list(chars)
+    if not chars or any(len(c) != 1 for c in chars) or chars != sorted(set(chars)):
+      raise UserError(f"{path or 'a char tokenizer'}: its characters must be distinct, sorted and single; "
+                      "rebuild it with lmjax tokenizer train")
+    self.path, self.chars = path, chars
+    self.vocab_size = len(chars)
+    self.pad_id = self.unk_id = self.cls_id = self.sep_id = self.mask_id = self.bos_id = self.eos_id = None
+    self.special_ids = ()
+    self._ids = np.full(max(map(ord, chars)) + 2, -1, np.int32)   # code point -> id; -1: not in the vocabulary
+    self._ids[[ord(c) for c in chars]] = np.arange(len(chars))
+    self._chars = np.array(chars)
+    self._space = np.array([c.isspace() for c in chars] + [True])  # + the position before the first char
+
+  @classmethod
+  def from_text(cls, texts, path: str = ""):
+    """The sorted set of the characters of `texts` (an iterable of str), as prepare.py builds it."""
+    seen = set()
+    for text in texts:
+      seen.update(text)
+    return cls(sorted(seen), path)
+
+  @classmethod
+  def load(cls, path: str):
+    spec = json.loads(paths.path(path).read_text(encoding="utf-8"))
+    if spec.get("type") != "char":
+      raise UserError(f"{path} is not a char tokenizer (type {spec.get('type')!r})")
+    return cls(spec["chars"], path)
+
+  def save(self, path: str):
+    path = paths.path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / (path.name + ".tmp")   # written whole, then renamed
+    tmp.write_text(json.dumps({"type": "char", "chars": self.chars}), encoding="utf-8")
+    tmp.replace(path)
+    self.path = str(path)
+    return self
+
+  def encode_array(self, text: str) -> np.ndarray:
+    """ids of `text` as int32, vectorised: a megabyte of text in milliseconds."""
+    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
+    ids = self._ids[np.minimum(codes, len(self._ids) - 1)]   # the last slot is -1: past every char
+    bad = ids < 0
+    if bad.any():
+      unknown = sorted({chr(c) for c in codes[bad]})
+      raise UserError(f"characters {''.join(unknown[:20])!r} are not in the char tokenizer's vocabulary "
+                      f"({self.vocab_size} characters of its training text); a char model cannot read them")
+    return ids
+
+  def encode(self, text: str) -> list[int]:
+    return self.encode_array(text).tolist()
+
+  def encode_batch(self, texts) -> list[list[int]]:
+    return [self.encode(t) for t in texts]
+
+  def decode(self, ids) -> str:
+    return "".join(self._chars[np.asarray(ids, np.int64)].tolist()) if len(ids) else ""
+
+  def id_to_piece(self, i: int) -> str:
+    return self.chars[int(i)]
+
+  def word_starts(self, ids) -> np.ndarray:
+    """A character begins a word unless it and the one before it are both non-whitespace
+    (each whitespace character counts as a word of its own, as sentencepiece's newline piece)."""
+    ids = np.asarray(ids, np.int64)
+    prev = np.concatenate([[self.vocab_size], ids[:-1]])
+    return self._space[ids] | self._space[prev]
+
+
+CHAR_FILE = "tokenizer.chars.json"
+
+
 def has_tokenizer(workdir: str) -> bool:
   w = paths.path(workdir)
-  return (w / "tokenizer.model").exists() or any((w / "tokenizer" / f).exists() for f in ("tokenizer.json", "vocab.txt"))
+  return (w / "tokenizer.model").exists() or (w / CHAR_FILE).exists() or any((w / "tokenizer" / f).exists() for f in ("tokenizer.json", "vocab.txt"))
 
 
 def load_tokenizer(workdir: str):
-  """WORKDIR/tokenizer.model (ours), else WORKDIR/tokenizer/{tokenizer.json,vocab.txt} (imported HF)."""
+  """WORKDIR/tokenizer.model (ours), WORKDIR/tokenizer.chars.json (characters), else
+  WORKDIR/tokenizer/{tokenizer.json,vocab.txt} (imported HF)."""
   w = paths.path(workdir)
   if (w / "tokenizer.model").exists():
     return SentencePieceTokenizer(str(w / "tokenizer.model"))
+  if (w / CHAR_FILE).exists():
+    return CharTokenizer.load(str(w / CHAR_FILE))
   if any((w / "tokenizer" / f).exists() for f in ("tokenizer.json", "vocab.txt")):
     return HFTokenizer.from_dir(str(w / "tokenizer"))
   raise UserError(f"no tokenizer in {workdir}: expected tokenizer.model or tokenizer/vocab.txt; "
@@ -169,7 +255,7 @@ def train(texts, model_path: str, *, vocab_size: int, model_type: str = "unigram
           character_coverage: float = 0.9995, sample_chars: int = 20_000_000):
   """Trains a sentencepiece model on `texts` (an iterable of documents) and writes it to model_path."""
   if model_type not in ("unigram", "bpe"):
-    raise UserError(f"tokenizer.model_type={model_type!r}; use 'unigram' or 'bpe'")
+    raise UserError(f"tokenizer.model_type={model_type!r}; use 'unigram', 'bpe' or 'char'")
   min_vocab = len(RESERVED) + 1 + (256 if byte_fallback else 0)
   if vocab_size <= min_vocab:
     raise UserError(f"tokenizer.vocab_size {vocab_size} is too small: the reserved, newline"
@@ -214,17 +300,39 @@ def sample_documents(source, sample_chars: int, seed: int = 0):
 
 
 def train_from_config(cfg, workdir: str):
-  """`lmjax tokenizer train`: trains on the train split of cfg.data into WORKDIR/tokenizer.model, once."""
+  """`lmjax tokenizer train`: builds the tokenizer of cfg.tokenizer from the train split of cfg.data,
+  once: WORKDIR/tokenizer.model (sentencepiece) or WORKDIR/tokenizer.chars.json (model_type "char")."""
   from lmjax.data import sources
+  t = cfg.tokenizer
+  if t.model_type == "char":
+    return _chars_from_config(cfg, workdir)
   model_path = str(paths.path(workdir) / "tokenizer.model")
   if paths.path(model_path).exists():
     tok = SentencePieceTokenizer(model_path)
     print(f"tokenizer: reusing {model_path} ({tok.vocab_size} pieces)")
     return tok
-  t = cfg.tokenizer
   source = sources.source_from_config(cfg.data, cfg.data.train_split)
   tok = train(sample_documents(source, t.sample_chars, cfg.get("seed", 0)), model_path,
               vocab_size=t.vocab_size, model_type=t.model_type, byte_fallback=t.byte_fallback,
               character_coverage=t.character_coverage, sample_chars=t.sample_chars)
   print(f"tokenizer: trained {t.model_type} with {tok.vocab_size} pieces on {source}, saved {model_path}")
+  return tok
+
+
+def _chars_from_config(cfg, workdir: str):
+  """The characters of the whole train split (not a sample: a character seen only in a sample's
+  complement could not be encoded); tokenizer.vocab_size must name their count."""
+  from lmjax.data import sources
+  path = str(paths.path(workdir) / CHAR_FILE)
+  if paths.path(path).exists():
+    tok = CharTokenizer.load(path)
+    print(f"tokenizer: reusing {path} ({tok.vocab_size} characters)")
+    return tok
+  source = sources.source_from_config(cfg.data, cfg.data.train_split)
+  tok = CharTokenizer.from_text(source[i] for i in range(len(source)))
+  if tok.vocab_size != cfg.tokenizer.vocab_size:
+    raise UserError(f"the train split of {source} has {tok.vocab_size} distinct characters, tokenizer.vocab_size "
+                    f"says {cfg.tokenizer.vocab_size}; set tokenizer.vocab_size and model.vocab_size to {tok.vocab_size}")
+  tok.save(path)
+  print(f"tokenizer: {tok.vocab_size} characters of {source}, saved {path}")
   return tok

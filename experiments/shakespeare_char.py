@@ -1,0 +1,33 @@
+"""lmjax train --config experiments/shakespeare_char.py --workdir runs/shakespeare
+
+nanoGPT's character-level Shakespeare on CPU (its README: `train.py config/train_shakespeare_char.py
+--device=cpu --compile=False --eval_iters=20 --log_interval=1 --block_size=64 --batch_size=12
+--n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0`,
+validation loss 1.88 in about 3 minutes), with its recipe: the 65 characters of the text as the
+vocabulary, the first 90% of tinyshakespeare to train on and the last 10% to validate, random
+windows of 64 characters with every position scored, a pre-LN GPT without biases (exact GELU,
+LayerNorm eps 1e-5, tied embeddings, learned positions), AdamW (beta2 0.99, weight decay 0.1 on
+matrices and embeddings), lr 1e-3 warmed up over 100 steps and cosine-decayed to 1e-4 at 2,000,
+gradients clipped at 1.0, and the validation loss as the mean over 20 batches of random windows.
+Left as lmjax has them: LayerNorms keep a bias (zero at init), the residual projections start
+at std 0.02 (nanoGPT: 0.02/sqrt(2 * layers)), warmup starts at lr 0 (nanoGPT: lr/101).
+
+Measured: see README "Reproducing nanoGPT's Shakespeare".
+"""
+from lmjax.config import base_config, model_section
+
+SHAKESPEARE = "../shared/data/tinyshakespeare/input.txt"   # from the repo root, as every shared data path
+
+
+def get_config():
+  c = base_config()
+  c.seed = 1337
+  c.model = model_section("gpt-tiny", vocab_size=65, max_len=64, hidden=128, num_layers=4, num_heads=4,
+                          mlp_dim=512, activation="gelu", use_bias=False, dropout_rate=0.0,
+                          attention_dropout_rate=0.0)
+  c.tokenizer.update(model_type="char", vocab_size=65)
+  c.data.update(source="file", path=SHAKESPEARE, train_fraction=0.9, layout="stream", seq_len=64, batch_size=12)
+  c.optim.update(name="adamw", lr=1e-3, schedule="cosine", warmup_steps=100, end_lr_ratio=0.1, weight_decay=0.1,
+                 b1=0.9, b2=0.99, eps=1e-8, clip_norm=1.0)
+  c.train.update(steps=2000, log_every=100, eval_every=250, eval_batches=20, checkpoint_every=250, samples=1)
+  return c
