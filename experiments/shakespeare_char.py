@@ -6,13 +6,16 @@ nanoGPT's character-level Shakespeare on CPU (its README: `train.py config/train
 validation loss 1.88 in about 3 minutes), with its recipe: the 65 characters of the text as the
 vocabulary, the first 90% of tinyshakespeare to train on and the last 10% to validate, random
 windows of 64 characters with every position scored, a pre-LN GPT without biases (exact GELU,
-LayerNorm eps 1e-5, tied embeddings, learned positions), AdamW (beta2 0.99, weight decay 0.1 on
+LayerNorm eps 1e-5, tied embeddings, learned positions, init std 0.02), AdamW (beta2 0.99, weight decay 0.1 on
 matrices and embeddings), lr 1e-3 warmed up over 100 steps and cosine-decayed to 1e-4 at 2,000,
 gradients clipped at 1.0, and the validation loss as the mean over 20 batches of random windows.
-Left as lmjax has them: LayerNorms keep a bias (zero at init), the residual projections start
-at std 0.02 (nanoGPT: 0.02/sqrt(2 * layers)), warmup starts at lr 0 (nanoGPT: lr/101).
+Left as lmjax has them: LayerNorms keep a bias (zero at init; 805,248 params against nanoGPT's
+804,096), warmup starts at lr 0 (nanoGPT: lr/101), evaluation scores the same windows each time.
 
-Measured: see README "Reproducing nanoGPT's Shakespeare".
+Measured (2 shared CPU cores; README "Reproducing nanoGPT's Shakespeare"): validation loss 1.8839 at
+step 2,000 (1.8803 on every validation character, `lmjax eval`; 1.923 with seed 0) in 116.8 s for
+the whole command, against nanoGPT's train.py run right after it: 1.8857 in 96.7 s. The step is
+the slower part (47-51 ms against PyTorch's 38 ms on a quiet machine).
 """
 from lmjax.config import base_config, model_section
 
@@ -23,8 +26,8 @@ def get_config():
   c = base_config()
   c.seed = 1337
   c.model = model_section("gpt-tiny", vocab_size=65, max_len=64, hidden=128, num_layers=4, num_heads=4,
-                          mlp_dim=512, activation="gelu", use_bias=False, dropout_rate=0.0,
-                          attention_dropout_rate=0.0)
+                          mlp_dim=512, activation="gelu", use_bias=False,
+                          dropout_rate=0.0, attention_dropout_rate=0.0)
   c.tokenizer.update(model_type="char", vocab_size=65)
   c.data.update(source="file", path=SHAKESPEARE, train_fraction=0.9, layout="stream", seq_len=64, batch_size=12)
   c.optim.update(name="adamw", lr=1e-3, schedule="cosine", warmup_steps=100, end_lr_ratio=0.1, weight_decay=0.1,

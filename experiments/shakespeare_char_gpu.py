@@ -8,7 +8,7 @@ every 250 steps over 200 batches of random validation windows; bfloat16 compute 
 autocast on an A100), float32 params. Everything else as experiments/shakespeare_char.py, the CPU
 version, says.
 
-Measured: see README "Reproducing nanoGPT's Shakespeare".
+Not measured yet: no GPU was lent to the task that added it (target: nanoGPT's 1.4697).
 """
 from lmjax.config import base_config, model_section
 

@@ -580,7 +580,7 @@ def test_stream_layout_from_config(char_tok, shakespeare):
     pipeline.iterator_from_config(cfg, char_tok, "train", kind="pairs")
 
 
-@pytest.mark.slow   # three short trainings: ~40 s on 2 busy cores
+@pytest.mark.slow   # three short trainings: 12 s on 2 quiet cores, ~40 s on busy ones
 def test_tiny_shakespeare_run_trains_and_resumes_bit_exactly(shakespeare, tmp_path):
   """experiments/shakespeare_char.py, shrunk: 8 steps straight, and 8 steps with a crash after
   checkpoint 4 then the same command again, give the same losses and params, bit for bit."""
