@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import ml_collections
 
 from lmjax import models, objectives, tasks
+from lmjax.objectives import mlm
 from lmjax.errors import UserError
 from lmjax.models import layers
 from lmjax.training import loop, optim, parallel
@@ -31,6 +32,7 @@ DEFAULT_CONFIG = "gpt_tiny"
 CHOICES = {
     "objective.name": tuple(objectives.OBJECTIVES),
     "task.name": tuple(tasks.TASKS),
+    "objective.masking": mlm.MASKINGS,
     "optim.name": optim.OPTIMIZERS,
     "optim.schedule": optim.SCHEDULES,
     "parallel.mode": parallel.MODES,
@@ -84,7 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.objective = ml_collections.ConfigDict(dict(
       name="clm",                 # a name in objectives/__init__.py: "clm", "mlm", "mlm_nsp", ...
       mask_rate=0.15,
-      whole_word=False,
+      masking="token",            # MLM: "token" (BERT), "whole_word", or "span" (SpanBERT)
       max_predictions=20,         # MLM predictions per row; 0 = score all L positions
       z_loss=0.0,
       label_smoothing=0.0,

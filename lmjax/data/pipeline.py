@@ -136,13 +136,18 @@ def truncate_pair(a: list, b: list, max_tokens: int, rng: random.Random):
 
 class PairRows:
   """BERT pretraining rows as in create_pretraining_data.py: [CLS] A [SEP] B [SEP], B the actual next
-  sentences half of the time (nsp_label 1), else sentences from a random other document (nsp_label 0)."""
+  sentences half of the time (nsp_label 1), else sentences from a random other document (nsp_label 0).
 
-  def __init__(self, stream: _DocStream, tokenizer, seq_len: int, *, seed: int, short_seq_prob: float):
+  sentence_order=True gives ALBERT's sentence-order pairs instead (Lan et al. 2020): B always the
+  actual next sentences of A's document, the two swapped in half of the pairs (nsp_label 1 = in
+  order, 0 = swapped)."""
+
+  def __init__(self, stream: _DocStream, tokenizer, seq_len: int, *, seed: int, short_seq_prob: float,
+               sentence_order: bool = False):
     if tokenizer.cls_id is None or tokenizer.sep_id is None:
       raise UserError("BERT pairs need a tokenizer with [CLS] and [SEP] (GPT-2's has neither)")
     self.stream, self.tok, self.seq_len = stream, tokenizer, seq_len
-    self.seed, self.short_seq_prob = seed, short_seq_prob
+    self.seed, self.short_seq_prob, self.sentence_order = seed, short_seq_prob, sentence_order
     self.doc, self.instance = 0, 0
     self._cached_doc, self._instances = None, []
     # Random B segments revisit documents; books are slow to split into sentences.
@@ -183,7 +188,7 @@ class PairRows:
       chunk.append(sentences[i])
       length += len(sentences[i])
       if i == len(sentences) - 1 or length >= target:
-        is_next = int(rng.random() < 0.5)
+        is_next = int(rng.random() < 0.5) or int(self.sentence_order)
         if is_next and len(chunk) == 1 and i + 1 < len(sentences):
           # BERT would make this a random pair; taking the next sentence keeps labels near 50/50
           # on text whose sentences are long (code, tables).
@@ -201,8 +206,11 @@ class PairRows:
         else:
           b = [t for s in chunk[a_end:] for t in s]
         truncate_pair(a, b, max_tokens, rng)
+        label = is_next
+        if self.sentence_order and rng.random() < 0.5:
+          a, b, label = b, a, 0
         if a and b:
-          instances.append(self._row(a, b, is_next))
+          instances.append(self._row(a, b, label))
         chunk, length = [], 0
         target = rng.randint(2, max_tokens) if rng.random() < self.short_seq_prob else max_tokens
       i += 1
@@ -301,7 +309,8 @@ class PrebuiltRows:
 
 
 # Row layouts by name; each objective names the one it reads (objectives/*.py: `batch=`).
-ROWS = {"clm": LMRows, "pairs": PairRows, "classification": ClassificationRows, "features": PrebuiltRows}
+ROWS = {"clm": LMRows, "pairs": PairRows, "sop_pairs": PairRows, "classification": ClassificationRows,
+        "features": PrebuiltRows}
 
 
 class BatchIterator:
@@ -364,8 +373,9 @@ def make_iterator(kind: str, source, tokenizer, *, seq_len: int, batch_size: int
   if kind not in ROWS:
     raise UserError(f"unknown batch kind {kind!r}; use one of {sorted(ROWS)}")
   stream = _DocStream(source, seed=seed, shard_index=shard_index, shard_count=shard_count, train=train)
-  if kind == "pairs":
-    rows = PairRows(stream, tokenizer, seq_len, seed=seed, short_seq_prob=short_seq_prob)
+  if kind in ("pairs", "sop_pairs"):
+    rows = PairRows(stream, tokenizer, seq_len, seed=seed, short_seq_prob=short_seq_prob,
+                    sentence_order=kind == "sop_pairs")
   elif kind == "features":
     rows = PrebuiltRows(stream)
   else:
