@@ -1,0 +1,42 @@
+"""lmjax finetune --config experiments/translation_gpt.py --init runs/gpt_tiny --workdir runs/mt  # (measured below)
+
+English -> French (Tatoeba, ../shared/data/translation/eng-fra_tatoeba_5k.tsv: 5,000 pairs, 2,597
+distinct English sentences, several French references each) by fine-tuning a GPT trained with lmjax;
+runs/gpt_tiny is
+
+  lmjax train --workdir runs/gpt_tiny        # or any decoder: --init gpt2 (a hub id), a converted GPT-2
+
+Each row is the English sentence, task.separator, one French reference and EOS (the loss counts the
+French tokens only); every reference of a sentence is a row. 10% of the English sentences, chosen
+by hash, are held out with all their references; at the end they are translated by beam search
+(task.num_beams, task.length_penalty) and scored with sacrebleu (corpus BLEU and chrF against all
+references), next to copying the English source, scored the same way.
+"""
+import ml_collections
+
+from lmjax.config import base_config, model_section
+
+
+def get_config():
+  c = base_config()
+  c.model = model_section("")    # replaced by the --init model
+  c.data.update(source="local", path="../shared/data/translation/eng-fra_tatoeba_5k.tsv", seq_len=64,
+                batch_size=32)
+  c.objective.max_predictions = 0   # objective.name comes from the task
+  c.optim.update(lr=1e-3, warmup_steps=30, schedule="linear", end_lr_ratio=0.0, weight_decay=0.1)
+  c.train.update(steps=600, log_every=50, eval_every=600, eval_batches=5, checkpoint_every=300,
+                 best_metric="", samples=0)
+  c.task = ml_collections.ConfigDict(dict(
+      name="translation",         # lmjax/tasks/translation.py
+      eval_path="",               # a separate file for validation; "" = split one off data.path
+      validation_percent=10.0,    # share of the source sentences held out, all their references with them
+      source_column="",           # "" = the first column of a header-less .tsv, else `source`
+      target_column="",           # "" = the second column, else `target`
+      separator="\nFrench: ",     # between the source and its translation
+      max_target_len=32,          # target tokens (with EOS) trained on and generated
+      num_beams=4,                # beam search at evaluation
+      length_penalty=1.0,         # a hypothesis scores sum(log p) / length**length_penalty
+      eval_examples=0,            # held-out sentences translated at the end; 0 = all
+      dropout=0.1,
+  ))
+  return c
