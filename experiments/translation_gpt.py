@@ -20,11 +20,11 @@ from lmjax.config import base_config, model_section
 def get_config():
   c = base_config()
   c.model = model_section("")    # replaced by the --init model
-  c.data.update(source="local", path="../shared/data/translation/eng-fra_tatoeba_5k.tsv", seq_len=64,
+  c.data.update(source="local", path="../shared/data/translation/eng-fra_tatoeba_5k.tsv", seq_len=48,
                 batch_size=32)
   c.objective.max_predictions = 0   # objective.name comes from the task
   c.optim.update(lr=1e-3, warmup_steps=30, schedule="linear", end_lr_ratio=0.0, weight_decay=0.1)
-  c.train.update(steps=600, log_every=50, eval_every=600, eval_batches=5, checkpoint_every=300,
+  c.train.update(steps=400, log_every=50, eval_every=400, eval_batches=5, checkpoint_every=200,
                  best_metric="", samples=0)
   c.task = ml_collections.ConfigDict(dict(
       name="translation",         # lmjax/tasks/translation.py
@@ -33,7 +33,7 @@ def get_config():
       source_column="",           # "" = the first column of a header-less .tsv, else `source`
       target_column="",           # "" = the second column, else `target`
       separator="\nFrench: ",     # between the source and its translation
-      max_target_len=32,          # target tokens (with EOS) trained on and generated
+      max_target_len=24,          # target tokens (with EOS) trained on and generated
       num_beams=4,                # beam search at evaluation
       length_penalty=1.0,         # a hypothesis scores sum(log p) / length**length_penalty
       eval_examples=0,            # held-out sentences translated at the end; 0 = all
