@@ -1,16 +1,25 @@
-"""lmjax finetune --config experiments/translation_gpt.py --init runs/gpt_tiny --workdir runs/mt  # (measured below)
+"""lmjax finetune --config experiments/translation_gpt.py --model runs/gpt_init --workdir runs/mt  # ~5 min, BLEU 2.2 / chrF 13.8
 
 English -> French (Tatoeba, ../shared/data/translation/eng-fra_tatoeba_5k.tsv: 5,000 pairs, 2,597
-distinct English sentences, several French references each) by fine-tuning a GPT trained with lmjax;
-runs/gpt_tiny is
+distinct English sentences, several French references each) by fine-tuning a GPT trained with lmjax.
+--model takes any decoder (a workdir, or a hub id such as gpt2). The measured run started from a
+small GPT pretrained for 150 steps on the default corpus (2m13s on 2 shared CPU cores, its
+tokenizer reused from a gpt_tiny run; a fresh workdir trains the 4k-piece tokenizer first):
 
-  lmjax train --workdir runs/gpt_tiny        # or any decoder: --init gpt2 (a hub id), a converted GPT-2
+  lmjax train --config experiments/gpt_tiny.py --workdir runs/gpt_init --config.model.hidden=128 \
+    --config.model.num_layers=2 --config.model.num_heads=2 --config.model.mlp_dim=512 \
+    --config.train.steps=150 --config.train.eval_every=150 --config.train.checkpoint_every=150 --config.train.samples=0
 
 Each row is the English sentence, task.separator, one French reference and EOS (the loss counts the
 French tokens only); every reference of a sentence is a row. 10% of the English sentences, chosen
 by hash, are held out with all their references; at the end they are translated by beam search
 (task.num_beams, task.length_penalty) and scored with sacrebleu (corpus BLEU and chrF against all
 references), next to copying the English source, scored the same way.
+
+Measured (2 shared CPU cores, 4m50s for the whole command, 400 steps of batch 32 at seq 48):
+258 held-out sentences (535 references): BLEU 2.2, chrF 13.8; copying the source: BLEU 2.3,
+chrF 9.1. A demo of the pipeline at this size and budget: chrF is above the copy baseline,
+BLEU is not (a 0.6M-parameter model trained for 5 minutes, a tokenizer trained on English only).
 """
 import ml_collections
 

@@ -178,3 +178,25 @@ def test_beam_search_matches_transformers(tmp_path, monkeypatch):
     found.append(rows[0])
   # Not a degenerate check: beams beat greedy, some hypotheses end in EOS, the penalty matters.
   assert greedy not in found and [eos] in found and len({tuple(r) for r in found}) > 1
+
+
+def test_cli_beam_search_prints_the_best_hypothesis(tmp_path, capsys, sp_tokenizer_path):
+  import shutil
+  from lmjax.__main__ import main
+  from lmjax.checkpoint import save_params, write_config
+  from lmjax.data.tokenizer import load_tokenizer
+  cfg = {**TINY, "vocab_size": 400}
+  params = init_params(TransformerConfig(**cfg), jax.random.key(0))
+  write_config(tmp_path, {"model": cfg})
+  save_params(tmp_path, params, {"model": cfg})
+  shutil.copy(sp_tokenizer_path, tmp_path / "tokenizer.model")
+  tok = load_tokenizer(str(tmp_path))
+  rows, _ = gen.beam_search(build(TransformerConfig(**cfg)), params, [tok.encode("It was a")], 6, num_beams=3,
+                            length_penalty=0.5, eos_id=tok.eos_id, pad_id=tok.pad_id)
+  main(["generate", "--model", str(tmp_path), "--prompt", "It was a", "--max-new-tokens", "6", "--num-beams", "3",
+        "--length-penalty", "0.5"])
+  out = capsys.readouterr().out
+  assert "It was a" + tok.decode(tok.encode("It was a") + rows[0])[len(tok.decode(tok.encode("It was a"))):] in out
+  with pytest.raises(SystemExit):
+    main(["generate", "--model", str(tmp_path), "--prompt", "x", "--num-beams", "3", "--num-samples", "2"])
+  assert "takes no temperature" in capsys.readouterr().err

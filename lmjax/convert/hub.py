@@ -74,13 +74,8 @@ def model_dir(name_or_dir) -> pathlib.Path:
     return paths.path(text)
   path = pathlib.Path(os.path.expanduser(text))
   if path.is_dir():
-    found = kind(path)
-    if found == "lmjax":
-      return path
-    if found == "hf":
-      return convert_local(path)
-    raise UserError(f"{path} is a directory but neither an lmjax workdir (config.json with a model section) "
-                    "nor a Hugging Face save_pretrained directory (config.json with a model_type)")
+    # Anything but a save_pretrained directory is read as a workdir, whose reader says what is wrong.
+    return convert_local(path) if kind(path) == "hf" else path
   if text.startswith((".", "/", "~")) or path.exists() or text.count("/") > 1:
     raise UserError(f"{text}: no such directory; give an lmjax workdir, a save_pretrained directory "
                     "or a Hugging Face hub id such as bert-base-uncased")

@@ -325,16 +325,17 @@ def generate_text(workdir, prompts: list[str], *, max_new_tokens: int = 64, temp
   # An empty prompt starts from BOS where the tokenizer has one.
   prompt_ids = [p if p or tok.bos_id is None else [tok.bos_id] for p in prompt_ids]
   pad_id = tok.pad_id if tok.pad_id is not None else (tok.eos_id or 0)
+  if num_beams < 1:
+    raise UserError(f"num_beams={num_beams}; it must be at least 1")
+  if num_beams > 1:
+    check_beams(num_beams, temperature, num_samples)
   call_args, kwargs = decode_args(model, params, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed,
                                   num_samples, tok.eos_id, pad_id)
   program = decode
   if num_beams > 1:
-    check_beams(num_beams, temperature, num_samples)
     program = beam_decode
     call_args = call_args[:4] + (jnp.float32(length_penalty),)
     kwargs = dict(kwargs, num_beams=num_beams)
-  if num_beams < 1:
-    raise UserError(f"num_beams={num_beams}; it must be at least 1")
   # Compile ahead of time so the reported speed is decoding alone.
   t0 = time.perf_counter()
   compiled = program.lower(*call_args, **kwargs).compile()
