@@ -394,6 +394,12 @@ class BatchIterator:
     self.batches += 1
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}  # rows[0]: a row or a padding row
 
+  def close(self) -> None:
+    """Stops the worker processes, if any (they also stop when the iterator is collected or at exit)."""
+    for part in vars(self.rows).values():
+      if isinstance(part, _Chunks):
+        part.close()
+
   def get_state(self) -> dict:
     return {**self.identity, **self.rows.get_state(), "batches": self.batches}
 
