@@ -30,6 +30,7 @@ import numpy as np
 from lmjax.errors import UserError
 
 TOKENIZE_CHUNK = 64   # documents tokenized together: encode_batch is much faster than one at a time
+WORKER_AHEAD = 2      # chunks each worker process keeps ready
 
 
 class _DocStream:
@@ -79,8 +80,12 @@ class _Chunks:
     if self._workers is None or self._next != c:
       self.close()
       _absl_flags_parsed()
-      chunks = grain.MapDataset.range(c, self.num_chunks).map(self.make).to_iter_dataset()
-      self._workers = iter(chunks.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers)))
+      # One thread per worker, a few chunks ahead: grain's default (16 threads, 500 elements ahead)
+      # would fight over each worker's GIL and hold hundreds of chunks of token ids.
+      chunks = grain.MapDataset.range(c, self.num_chunks).map(self.make).to_iter_dataset(
+          grain.ReadOptions(num_threads=1, prefetch_buffer_size=WORKER_AHEAD))
+      self._workers = iter(chunks.mp_prefetch(grain.MultiprocessingOptions(
+          num_workers=self.workers, per_worker_buffer_size=WORKER_AHEAD)))
       # Stopped before interpreter shutdown, which would otherwise tear grain down under its threads.
       self._close_at_exit = weakref.finalize(self, self._workers.close)
     self._next = c + 1
