@@ -75,10 +75,13 @@ def base_config() -> ml_collections.ConfigDict:
       path="",                    # local corpus: a directory or glob of .txt / .jsonl / .zip of .txt
       txt_docs="file",            # .txt documents: one per "file", or per blank-line "paragraph"
       max_chars=0,                # cap on the corpus size in characters; 0 = all of it
-      text_field="text",          # TFDS/JSONL field holding the text
-      data_dir="",                # TFDS data_dir; "" = ~/.cache/lmjax/tfds for default/local, TFDS's default otherwise
-      train_split="train",
+      text_field="text",          # TFDS/JSONL field holding the text; nested TFDS fields as a path, "a/b"
+      data_dir="",                # TFDS data_dir (path or gs:// URL); "" = ~/.cache/lmjax/tfds for default/local, TFDS's default otherwise
+      train_split="train",        # a split or a TFDS split expression ("train[:99%]")
       eval_split="validation",
+      held_out_per_mille=-1,      # eval split carved from train_split by document hash, N per 1000 documents;
+                                  # -1: 50 if the dataset has no eval_split, else 0 (the run records which)
+      workers=0,                  # grain worker processes that tokenize the train stream; 0 = in this process
       seq_len=128,
       batch_size=16,              # global batch, all devices and hosts together
       short_seq_prob=0.1,         # BERT pairs: share of shorter pairs (as in BERT)

@@ -9,6 +9,11 @@ the current document, is the whole iterator state: `it.get_state()` is a small J
 Everything drawn at random for a document (BERT pair lengths, next-or-random) comes from an rng
 seeded by (seed, its position in the global stream), so it is the same however the data is sharded.
 
+Tokenizing (and, for BERT pairs, making a document's instances) is a pure function of the
+position in the stream, so it can run ahead in grain worker processes (`workers` > 0, the train
+stream only): they return results in stream order, and the batches are the same, bit for bit,
+whatever the number of workers; the state stays the plain position, so resume is exact too.
+
 Evaluation iterators make one pass over the split in order (no shuffle) and then stop; the last
 batch is padded with empty rows (segment_ids / attention_mask all 0), which losses weight out.
 Give them num_batches when several processes evaluate: each then yields exactly that many batches
@@ -17,6 +22,7 @@ Give them num_batches when several processes evaluate: each then yields exactly 
 import functools
 import random
 import re
+import weakref
 
 import grain
 import numpy as np
@@ -24,6 +30,7 @@ import numpy as np
 from lmjax.errors import UserError
 
 TOKENIZE_CHUNK = 64   # documents tokenized together: encode_batch is much faster than one at a time
+WORKER_AHEAD = 2      # chunks each worker process keeps ready
 
 
 class _DocStream:
@@ -50,31 +57,78 @@ class _DocStream:
     return int(self.indices[j])
 
 
-class _TokenCache:
-  """Token ids of stream documents, tokenized TOKENIZE_CHUNK at a time as the reader moves forward."""
+class _Chunks:
+  """The results of make(c) for chunks c of `chunk` stream positions, read forward: computed here
+  when asked, or with workers > 0 ahead in grain worker processes, in order. make is pure, so
+  results do not depend on where or when it ran, and a jump (resume) just restarts the workers."""
 
-  def __init__(self, stream: _DocStream, tokenizer):
-    self.stream, self.tokenizer = stream, tokenizer
-    self.start, self.ids = 0, []
+  def __init__(self, make, chunk: int, length: int, workers: int = 0):
+    self.make, self.chunk, self.workers = make, chunk, workers
+    self.num_chunks = -(-length // chunk)
+    self.start, self.items = 0, []
+    self._workers, self._next = None, None   # grain iterator over chunks, and the chunk it gives next
 
-  def __call__(self, j: int) -> list[int]:
-    if not self.start <= j < self.start + len(self.ids):
-      end = min(j + TOKENIZE_CHUNK, len(self.stream))
-      self.start = j
-      self.ids = self.tokenizer.encode_batch([self.stream.source[self.stream.source_index(k)] for k in range(j, end)])
-    return self.ids[j - self.start]
+  def __call__(self, j: int):
+    if not self.start <= j < self.start + len(self.items):
+      c = j // self.chunk
+      self.items, self.start = self._compute(c), c * self.chunk
+    return self.items[j - self.start]
+
+  def _compute(self, c: int) -> list:
+    if not self.workers:
+      return self.make(c)
+    if self._workers is None or self._next != c:
+      self.close()
+      _absl_flags_parsed()
+      # One thread per worker, a few chunks ahead: grain's default (16 threads, 500 elements ahead)
+      # would fight over each worker's GIL and hold hundreds of chunks of token ids.
+      chunks = grain.MapDataset.range(c, self.num_chunks).map(self.make).to_iter_dataset(
+          grain.ReadOptions(num_threads=1, prefetch_buffer_size=WORKER_AHEAD))
+      self._workers = iter(chunks.mp_prefetch(grain.MultiprocessingOptions(
+          num_workers=self.workers, per_worker_buffer_size=WORKER_AHEAD)))
+      # Stopped before interpreter shutdown, which would otherwise tear grain down under its threads.
+      self._close_at_exit = weakref.finalize(self, self._workers.close)
+    self._next = c + 1
+    return next(self._workers)
+
+  def close(self):
+    if self._workers is not None:
+      self._close_at_exit()
+      self._workers = None
+
+  def __getstate__(self):   # workers receive the rows' makers, never a live iterator
+    return {**self.__dict__, "_workers": None, "_close_at_exit": None, "items": [], "start": 0}
+
+
+def _absl_flags_parsed():
+  """grain's workers read absl flags, which a program not started by absl.app never parsed."""
+  from absl import flags
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+class _EncodeDocs:
+  """Token ids of the documents at stream positions [c * chunk, (c + 1) * chunk): one encode_batch
+  call, much faster than one document at a time."""
+
+  def __init__(self, stream, tokenizer, chunk: int):
+    self.stream, self.tokenizer, self.chunk = stream, tokenizer, chunk
+
+  def __call__(self, c: int) -> list[list[int]]:
+    positions = range(c * self.chunk, min((c + 1) * self.chunk, len(self.stream)))
+    return self.tokenizer.encode_batch([self.stream.source[self.stream.source_index(j)] for j in positions])
 
 
 class LMRows:
   """Causal-LM rows: documents + EOS, concatenated and cut into rows of seq_len; no token dropped or repeated.
   A document that does not fit continues at the start of the next row, as a new segment."""
 
-  def __init__(self, stream: _DocStream, tokenizer, seq_len: int):
+  def __init__(self, stream: _DocStream, tokenizer, seq_len: int, workers: int = 0):
     eos = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.sep_id
     if eos is None:
       raise UserError("tokenizer has neither EOS nor [SEP] to end documents with")
     self.stream, self.seq_len, self.eos = stream, seq_len, eos
-    self.tokens = _TokenCache(stream, tokenizer)
+    self.tokens = _Chunks(_EncodeDocs(stream, tokenizer, TOKENIZE_CHUNK), TOKENIZE_CHUNK, len(stream), workers)
     self.doc, self.offset = 0, 0
 
   def get_state(self):
@@ -143,15 +197,26 @@ class PairRows:
   order, 0 = swapped)."""
 
   def __init__(self, stream: _DocStream, tokenizer, seq_len: int, *, seed: int, short_seq_prob: float,
-               sentence_order: bool = False):
+               sentence_order: bool = False, workers: int = 0):
     if tokenizer.cls_id is None or tokenizer.sep_id is None:
       raise UserError("BERT pairs need a tokenizer with [CLS] and [SEP] (GPT-2's has neither)")
     self.stream, self.tok, self.seq_len = stream, tokenizer, seq_len
     self.seed, self.short_seq_prob, self.sentence_order = seed, short_seq_prob, sentence_order
     self.doc, self.instance = 0, 0
-    self._cached_doc, self._instances = None, []
+    self._setup_cache()
+    # A document's instances depend on its stream position alone: workers can make them ahead.
+    self._chunks = _Chunks(functools.partial(_instances_of, self), 1, len(stream), workers)
+
+  def _setup_cache(self):
     # Random B segments revisit documents; books are slow to split into sentences.
     self._sentences = functools.lru_cache(maxsize=256)(lambda i: split_sentences(self.stream.source[i]))
+
+  def __getstate__(self):   # what a worker needs to make instances: no cache, no worker pool
+    return {k: v for k, v in self.__dict__.items() if k not in ("_sentences", "_chunks")}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._setup_cache()
 
   def get_state(self):
     return {"doc": self.doc, "instance": self.instance}
@@ -177,7 +242,7 @@ class PairRows:
       end += 8
     return tokens
 
-  def _make_instances(self, j: int) -> list[dict]:
+  def _make_instances(self, j: int) -> list[tuple[list[int], list[int], int]]:
     g, own_index = self.stream.global_position(j), self.stream.source_index(j)
     rng = random.Random(f"{self.seed}/{g}")
     sentences = self._encode(self._sentences(own_index))
@@ -210,7 +275,7 @@ class PairRows:
         if self.sentence_order and rng.random() < 0.5:
           a, b, label = b, a, 0
         if a and b:
-          instances.append(self._row(a, b, label))
+          instances.append((a, b, label))   # token lists: cheap to send from a worker; rows are built on use
         chunk, length = [], 0
         target = rng.randint(2, max_tokens) if rng.random() < self.short_seq_prob else max_tokens
       i += 1
@@ -235,13 +300,16 @@ class PairRows:
 
   def next_row(self):
     while self.doc < len(self.stream):
-      if self._cached_doc != self.doc:
-        self._cached_doc, self._instances = self.doc, self._make_instances(self.doc)
-      if self.instance < len(self._instances):
+      instances = self._chunks(self.doc)
+      if self.instance < len(instances):
         self.instance += 1
-        return self._instances[self.instance - 1]
+        return self._row(*instances[self.instance - 1])
       self.doc, self.instance = self.doc + 1, 0
     return None
+
+
+def _instances_of(rows: PairRows, c: int) -> list[list[tuple]]:
+  return [rows._make_instances(c)]   # chunks of one document: a book alone makes many instances
 
 
 class ClassificationRows:
@@ -339,6 +407,12 @@ class BatchIterator:
     self.batches += 1
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}  # rows[0]: a row or a padding row
 
+  def close(self) -> None:
+    """Stops the worker processes, if any (they also stop when the iterator is collected or at exit)."""
+    for part in vars(self.rows).values():
+      if isinstance(part, _Chunks):
+        part.close()
+
   def get_state(self) -> dict:
     return {**self.identity, **self.rows.get_state(), "batches": self.batches}
 
@@ -361,12 +435,13 @@ def reshard_state(states: list[dict], shard_index: int, shard_count: int) -> dic
 
 def make_iterator(kind: str, source, tokenizer, *, seq_len: int, batch_size: int, seed: int = 0,
                   shard_index: int = 0, shard_count: int = 1, train: bool = True, short_seq_prob: float = 0.1,
-                  num_batches: int = 0) -> BatchIterator:
+                  num_batches: int = 0, workers: int = 0) -> BatchIterator:
   """Batches of `kind` (a key of ROWS) from `source` (len() and [i]: documents as str; for
   classification dicts with text, optional text_pair and label; for features, rows built ahead).
 
   batch_size is global: this process gets batch_size // shard_count rows of each batch. train=True
   shuffles and repeats forever; train=False is one pass in order. num_batches > 0 stops after that many.
+  workers > 0 tokenizes (clm, pairs) in that many grain worker processes: the same batches, sooner.
   """
   if batch_size % shard_count:
     raise UserError(f"data.batch_size {batch_size} is not divisible by the {shard_count} processes")
@@ -375,7 +450,9 @@ def make_iterator(kind: str, source, tokenizer, *, seq_len: int, batch_size: int
   stream = _DocStream(source, seed=seed, shard_index=shard_index, shard_count=shard_count, train=train)
   if kind in ("pairs", "sop_pairs"):
     rows = PairRows(stream, tokenizer, seq_len, seed=seed, short_seq_prob=short_seq_prob,
-                    sentence_order=kind == "sop_pairs")
+                    sentence_order=kind == "sop_pairs", workers=workers)
+  elif kind == "clm":
+    rows = LMRows(stream, tokenizer, seq_len, workers=workers)
   elif kind == "features":
     rows = PrebuiltRows(stream)
   else:
@@ -400,4 +477,4 @@ def iterator_from_config(cfg, tokenizer, split: str = "train", *, kind: str, sou
   return make_iterator(kind, docs, tokenizer, seq_len=data.seq_len, batch_size=data.batch_size,
                        seed=cfg.get("seed", 0), shard_index=process_index, shard_count=process_count,
                        train=split_name == data.train_split, short_seq_prob=data.get("short_seq_prob", 0.1),
-                       num_batches=num_batches)
+                       num_batches=num_batches, workers=data.get("workers", 0) if split_name == data.train_split else 0)

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from lmjax import checkpoint, paths
-from lmjax.data import pipeline
+from lmjax.data import pipeline, sources
 from lmjax.errors import Stopped, UserError
 from lmjax.training import distributed, optim, parallel, steps
 from lmjax.training.evaluate import evaluate
@@ -292,7 +292,8 @@ def log_start(run: Run, workdir, state, flops_per_token, step):
         f"  model      {'decoder' if m.causal else 'encoder'}, {m.num_layers} layers x {m.hidden} wide, "
         f"{n_params:,} params, {m.dtype}; objective {cfg.objective.name}\n"
         f"  data       {cfg.data.source} {cfg.data.path}".rstrip() + f", seq {cfg.data.seq_len} x batch "
-        f"{cfg.data.batch_size}; tokenizer {run.tokenizer.vocab_size:,} pieces\n"
+        f"{cfg.data.batch_size}; tokenizer {run.tokenizer.vocab_size:,} pieces\n" +
+        (f"  held out   {sources.describe_held_out(cfg.data)}\n" if sources.describe_held_out(cfg.data) else "") +
         f"  devices    {jax.device_count()} x {jax.devices()[0].device_kind} ({processes}), {layout}; "
         f"{flops_per_token / 1e6:.1f} MFLOP/token\n"
         f"  schedule   {t.steps} steps, {o.name} lr {o.lr:g} {o.schedule} (warmup {o.warmup_steps}); "
