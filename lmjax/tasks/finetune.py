@@ -91,7 +91,7 @@ def evaluate_task(cfg, workdir, data: str | None = None, split: str = "validatio
   cfg = copy.deepcopy(ml_collections.ConfigDict(cfg))
   cfg.parallel.mode = "jit"
   task = tasks.get(cfg.task.name)
-  run = setup(cfg, workdir)
+  run = setup(cfg, workdir, source=task_source(cfg))
   params = checkpoint.restore_params(workdir)
   examples = task.read(cfg, data) if data else task.examples(cfg, split)
   return task.scores(cfg, run.model, params, run.tokenizer, examples)
