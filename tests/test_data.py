@@ -364,10 +364,34 @@ def test_bert_next_sentences_are_consecutive(small, tok):
   assert checked[0] > 10 and checked[1] > 10
 
 
+def test_sentence_order_pairs_are_consecutive_and_swapped_half_the_time(small, tok):
+  # ALBERT's SOP: both segments are consecutive text of one document; label 1 keeps the order,
+  # label 0 swaps the two, in about half of the rows.
+  texts = {}
+  for i in range(len(small)):
+    ids = [t for s in tok.encode_batch(pipeline.split_sentences(small[i])) for t in s]
+    texts[i] = np.array(ids, np.int32).tobytes()
+  it = pipeline.make_iterator("sop_pairs", small, tok, seq_len=64, batch_size=8, seed=0, short_seq_prob=0.0)
+  checked, labels = 0, []
+  for _ in range(20):
+    b = next(it)
+    for ids, label in zip(b["input_ids"], b["nsp_label"]):
+      labels.append(int(label))
+      seps = np.flatnonzero(ids == tok.sep_id)
+      a, bb = ids[1:seps[0]], ids[seps[0] + 1:seps[1]]
+      if seps[1] >= 64 - 3:
+        continue  # truncated: its ends may have been trimmed
+      first, second = (a, bb) if label == 1 else (bb, a)
+      joined = np.concatenate([first, second]).astype(np.int32).tobytes()
+      assert any(joined in t and t.index(joined) % 4 == 0 for t in texts.values()), "not consecutive"
+      checked += 1
+  assert checked > 30 and 0.35 <= np.mean(labels) <= 0.65, (checked, np.mean(labels))
+
+
 # ------------------------------------------------------------------------------------------- resume, config
 
 
-@pytest.mark.parametrize("kind", ["clm", "pairs"])
+@pytest.mark.parametrize("kind", ["clm", "pairs", "sop_pairs"])
 def test_resume_mid_epoch_reproduces_next_100_batches(default_train, tok, kind):
   make = lambda: pipeline.make_iterator(kind, default_train, tok, seq_len=32, batch_size=4, seed=5,
                                         shard_index=1, shard_count=2)

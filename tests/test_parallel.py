@@ -22,7 +22,7 @@ SPECIALS = (0, 1, 2, 3, 4, 5, 6)
 def model_cfg(kind, dropout=0.1):
   base = dict(vocab_size=V, hidden=32, num_layers=2, num_heads=4, mlp_dim=64, max_len=L,
               dropout_rate=dropout, attention_dropout_rate=dropout)
-  if kind == "clm":
+  if kind in ("clm", "prefix_lm"):
     return models.TransformerConfig(**base, causal=True, pre_ln=True)
   # The BERT models scan their layers, so the "layers" rule is exercised too.
   return models.TransformerConfig(**base, type_vocab_size=2, scan_layers=True,
@@ -32,7 +32,7 @@ def model_cfg(kind, dropout=0.1):
 def batch(kind, step, rows=B):
   r = np.random.RandomState(step)
   ids = r.randint(7, V, (rows, L)).astype(np.int32)
-  if kind == "clm":
+  if kind in ("clm", "prefix_lm"):
     seg = np.where(np.arange(L) < r.randint(4, L, (rows, 1)), 1, 2).astype(np.int32)
     seg[:, -2:] = 0  # padding
     pos = np.where(seg == 2, np.arange(L) - np.argmax(seg == 2, 1)[:, None], np.arange(L))
@@ -89,7 +89,7 @@ def run(kind, mode, mesh_shape=None, grad_accum=1, rows=B, dropout=0.1):
   return history, params, recompiles
 
 
-@pytest.fixture(scope="module", params=["clm", "mlm", "mlm_nsp"])
+@pytest.fixture(scope="module", params=["clm", "prefix_lm", "mlm", "mlm_nsp"])
 def reference(request):
   return request.param, run(request.param, "jit")
 

@@ -158,7 +158,9 @@ def main(cfg, args) -> dict:
   seconds = lm.run(args.steps)
 
   tokens_per_step = B * L
-  flops_per_token = train_flops_per_token(model_cfg, L, cfg.objective.max_predictions if not model_cfg.causal else 0)
+  objective = objectives.get(cfg.objective.name, model_cfg)
+  flops_per_token = train_flops_per_token(model_cfg, L, objective.heads, cfg.objective.max_predictions,
+                                          objective.prefix)
   peak, peak_source = peak_flops()
   tokens_per_s = tokens_per_step * args.steps / seconds
   memory, memory_source = peak_memory()

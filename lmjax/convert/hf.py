@@ -9,10 +9,15 @@ params, and import checks every HF tensor against the shape that export would
 give for the config, so a config.json that disagrees with its weights fails by
 name before anything is written.
 
-Import keeps what lmjax builds: a bare BertModel's pooler is dropped (lmjax has a
-pooler only under an "nsp" or "classify" head), and so the exported BertModel
-gets a freshly initialized pooler from transformers. tests/test_convert.py pins
-logit parity with transformers both ways.
+Nothing is dropped on import: every tensor lands in the lmjax params, or the import names it
+and why (config.json's source.left_out, and the summary line): buffers (position ids, GPT-2's
+causal mask) and tied copies (an LM head equal to the embeddings) carry no weights of their own.
+A bare BertModel's pooler (all-MiniLM-L6-v2 ships one) is kept as params["pooler"] although the
+model has no head that reads it yet: `lmjax finetune` grafts it into the classify head's pooler,
+`lmjax.load` returns it (flax ignores params a model does not use), and export writes it back.
+Hub layouts: BertModel, BertForMaskedLM, BertForPreTraining, GPT2Model, GPT2LMHeadModel, with or
+without the "bert."/"transformer." prefix, and the old LayerNorm names gamma/beta.
+tests/test_convert.py pins logit parity with transformers both ways.
 """
 from __future__ import annotations
 
@@ -97,8 +102,12 @@ GPT2 = [
 TABLES = {"bert": BERT, "gpt2": GPT2}
 HEAD_NAMES = {"bert": ("cls.",), "gpt2": ("lm_head.",)}  # names outside the base model's prefix
 PREFIXES = {"bert": "bert.", "gpt2": "transformer."}
-# Buffers and tied copies that carry no parameters of their own.
-IGNORED_SUFFIXES = ("position_ids", "attn.bias", "attn.masked_bias", "cls.predictions.decoder.bias")
+# Buffers that carry no parameters, and why each is left out of the params.
+BUFFERS = {"position_ids": "buffer: the position ids 0..max_len-1, not a parameter",
+           "attn.bias": "buffer: GPT-2's causal mask, not a parameter",
+           "attn.masked_bias": "buffer: GPT-2's masked-score constant, not a parameter"}
+SAFETENSORS_ONLY = ("lmjax reads safetensors only (a pickle can run code when loaded): pick a revision with "
+                    "model.safetensors, or re-save it with model.save_pretrained(dir, safe_serialization=True)")
 
 
 def layouts(D: int, H: int, K: int):
@@ -164,17 +173,16 @@ def to_hf_weights(model_type: str, cfg, flat_params) -> dict:
 # ---------------------------------------------------------------- import
 
 
-def import_hf(hf_dir, workdir) -> str:
+def import_hf(hf_dir, workdir, source: dict | None = None) -> str:
   """Convert a save_pretrained directory into an lmjax workdir; validates all before writing.
-  Returns a one-line summary."""
+  `source` adds to config.json's record of where the weights came from (a hub id and commit).
+  Returns a one-line summary, which names the tensors left out of the params and why."""
   hf_dir, workdir = pathlib.Path(hf_dir), pathlib.Path(workdir)
   if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
     raise UserError(f"--workdir {workdir} already exists and is not empty; choose a new directory")
   hf_cfg = read_hf_config(hf_dir)
   model_type = hf_cfg["model_type"]
-  weights = read_safetensors(hf_dir)
-  prefix = PREFIXES[model_type]
-  weights = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in weights.items()}
+  weights = hf_names(model_type, read_safetensors(hf_dir))
   try:
     fields = (bert_fields if model_type == "bert" else gpt2_fields)(hf_cfg, weights)
   except KeyError as e:
@@ -187,9 +195,14 @@ def import_hf(hf_dir, workdir) -> str:
 
   # The shapes export would give for this config are the shapes import must find.
   expected = flatten(jax.eval_shape(lambda: init_params(cfg, jax.random.key(0))))
+  if model_type == "bert" and "pooler.dense.weight" in weights and "pooler/kernel" not in expected:
+    # A BertModel's pooler without a head that reads it: kept for fine-tuning (module docstring).
+    expected["pooler/kernel"] = jax.ShapeDtypeStruct((cfg.hidden, cfg.hidden), jnp.float32)
+    expected["pooler/bias"] = jax.ShapeDtypeStruct((cfg.hidden,), jnp.float32)
   hf_shapes = jax.eval_shape(lambda: to_hf_weights(model_type, cfg, expected_zeros(expected)))
   rows = entries(model_type, cfg, set(expected))
   check_weights(hf_dir, cfg, weights, {hf: hf_shapes[hf] for hf, _, _ in rows})  # in table order
+  left_out = unplaced(hf_dir, cfg, weights, {hf for hf, _, _ in rows})
 
   lay = layouts(cfg.hidden, cfg.num_heads, cfg.head_dim)
   flat = {}
@@ -199,7 +212,8 @@ def import_hf(hf_dir, workdir) -> str:
 
   config = {"model": model_fields("", **fields),
             "source": {"hf_dir": str(hf_dir.resolve()), "model_type": model_type,
-                       "architectures": hf_cfg.get("architectures") or []}}
+                       "architectures": hf_cfg.get("architectures") or [], "left_out": left_out,
+                       **(source or {})}}
   created = not workdir.exists()
   try:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -218,8 +232,28 @@ def import_hf(hf_dir, workdir) -> str:
       for child in workdir.iterdir():
         shutil.rmtree(child) if child.is_dir() else child.unlink()
     raise
-  return (f"{model_type} ({cfg.num_layers} layers, D={cfg.hidden}, heads {cfg.heads or '()'}) "
-          f"from {hf_dir} -> {workdir}")
+  reasons = {}
+  for name, why in left_out.items():
+    reasons.setdefault(why.split(":")[0], []).append(name)
+  dropped = "; ".join(f"{len(v)} {k} ({', '.join(v[:2])}{', ...' if len(v) > 2 else ''})"
+                      for k, v in reasons.items())
+  return (f"{model_type} ({cfg.num_layers} layers, D={cfg.hidden}, heads {cfg.heads or '()'}"
+          f"{', pooler kept' if 'pooler' in params and not {'nsp', 'classify'} & set(cfg.heads) else ''}) "
+          f"from {hf_dir} -> {workdir}: {len(rows)} tensors placed"
+          + (f", left out {dropped}" if dropped else ", none left out"))
+
+
+def hf_names(model_type: str, weights: dict) -> dict:
+  """Weight names as the tables write them: without the base model's prefix ("bert.",
+  "transformer."), and LayerNorm's gamma/beta (older checkpoints, bert-base-uncased) as weight/bias."""
+  prefix = PREFIXES[model_type]
+  out = {}
+  for k, v in weights.items():
+    k = k[len(prefix):] if k.startswith(prefix) else k
+    if "LayerNorm." in k and k.endswith((".gamma", ".beta")):
+      k = k.rsplit(".", 1)[0] + (".weight" if k.endswith(".gamma") else ".bias")
+    out[k] = v
+  return out
 
 
 def expected_zeros(flat_shapes):
@@ -254,8 +288,7 @@ def read_safetensors(hf_dir: pathlib.Path) -> dict[str, np.ndarray]:
   else:
     pickles = sorted(p.name for pattern in ("*.bin", "*.pt", "*.pth") for p in hf_dir.glob(pattern))
     found = f"only pickle weights ({', '.join(pickles)})" if pickles else "no model.safetensors"
-    raise UserError(f"{hf_dir} has {found}; lmjax reads safetensors only: re-save it with "
-                    f"model.save_pretrained(dir, safe_serialization=True)")
+    raise UserError(f"{hf_dir} has {found}; {SAFETENSORS_ONLY}")
   weights = {}
   for f in files:
     try:
@@ -320,17 +353,26 @@ def check_weights(hf_dir, cfg, weights: dict, hf_expected: dict) -> None:
     if tuple(weights[name].shape) != tuple(want.shape):
       raise UserError(f"{hf_dir}: weight {name} has shape {tuple(weights[name].shape)} but config.json "
                       f"implies {tuple(want.shape)}; the config does not describe these weights")
-  # Tied output layers may be saved as copies; the pooler of a bare BertModel is dropped (module docstring).
-  skip = set()
-  if cfg.tie_embeddings:
-    skip |= {"cls.predictions.decoder.weight", "lm_head.weight"}
-  if not {"nsp", "classify"} & set(cfg.heads):
-    skip |= {"pooler.dense.weight", "pooler.dense.bias"}
-  unused = sorted(n for n in set(weights) - set(hf_expected) - skip if not n.endswith(IGNORED_SUFFIXES))
-  if unused:
-    more = f" and {len(unused) - 3} more" if len(unused) > 3 else ""
-    raise UserError(f"{hf_dir}: model.safetensors has weights lmjax cannot place ({', '.join(unused[:3])}{more}); "
+
+
+def unplaced(hf_dir, cfg, weights: dict, placed: set) -> dict[str, str]:
+  """{name: why} for every tensor that is not placed in the params; a tensor with no reason to be
+  left out is an error that names it."""
+  why = {}
+  for name in sorted(set(weights) - placed):
+    buffer = next((r for suffix, r in BUFFERS.items() if name.endswith(suffix)), None)
+    if buffer:
+      why[name] = buffer
+    elif cfg.tie_embeddings and name in ("cls.predictions.decoder.weight", "lm_head.weight"):
+      why[name] = "tied copy: the output layer is the word embeddings (tie_word_embeddings), as in transformers"
+    elif name == "cls.predictions.decoder.bias" and "cls.predictions.bias" in weights:
+      why[name] = "tied copy: transformers ties it to cls.predictions.bias, which is placed"
+  unknown = [n for n in sorted(set(weights) - placed) if n not in why]
+  if unknown:
+    more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+    raise UserError(f"{hf_dir}: model.safetensors has weights lmjax cannot place ({', '.join(unknown[:3])}{more}); "
                     f"lmjax converts {SUPPORTED}")
+  return why
 
 
 # ---------------------------------------------------------------- export

@@ -11,6 +11,11 @@ seeded by (seed, its position in the global stream), so it is the same however t
 One layout reads no document stream: "stream" (StreamRows, nanoGPT's reading of one text) cuts
 windows at random offsets from a split's tokens joined into one array; its state is a window count.
 
+Tokenizing (and, for BERT pairs, making a document's instances) is a pure function of the
+position in the stream, so it can run ahead in grain worker processes (`workers` > 0, the train
+stream only): they return results in stream order, and the batches are the same, bit for bit,
+whatever the number of workers; the state stays the plain position, so resume is exact too.
+
 Evaluation iterators make one pass over the split in order (no shuffle) and then stop; the last
 batch is padded with empty rows (segment_ids / attention_mask all 0), which losses weight out.
 Give them num_batches when several processes evaluate: each then yields exactly that many batches
@@ -19,6 +24,7 @@ Give them num_batches when several processes evaluate: each then yields exactly 
 import functools
 import random
 import re
+import weakref
 
 import grain
 import numpy as np
@@ -26,6 +32,7 @@ import numpy as np
 from lmjax.errors import UserError
 
 TOKENIZE_CHUNK = 64   # documents tokenized together: encode_batch is much faster than one at a time
+WORKER_AHEAD = 2      # chunks each worker process keeps ready
 
 
 class _DocStream:
@@ -52,31 +59,78 @@ class _DocStream:
     return int(self.indices[j])
 
 
-class _TokenCache:
-  """Token ids of stream documents, tokenized TOKENIZE_CHUNK at a time as the reader moves forward."""
+class _Chunks:
+  """The results of make(c) for chunks c of `chunk` stream positions, read forward: computed here
+  when asked, or with workers > 0 ahead in grain worker processes, in order. make is pure, so
+  results do not depend on where or when it ran, and a jump (resume) just restarts the workers."""
 
-  def __init__(self, stream: _DocStream, tokenizer):
-    self.stream, self.tokenizer = stream, tokenizer
-    self.start, self.ids = 0, []
+  def __init__(self, make, chunk: int, length: int, workers: int = 0):
+    self.make, self.chunk, self.workers = make, chunk, workers
+    self.num_chunks = -(-length // chunk)
+    self.start, self.items = 0, []
+    self._workers, self._next = None, None   # grain iterator over chunks, and the chunk it gives next
 
-  def __call__(self, j: int) -> list[int]:
-    if not self.start <= j < self.start + len(self.ids):
-      end = min(j + TOKENIZE_CHUNK, len(self.stream))
-      self.start = j
-      self.ids = self.tokenizer.encode_batch([self.stream.source[self.stream.source_index(k)] for k in range(j, end)])
-    return self.ids[j - self.start]
+  def __call__(self, j: int):
+    if not self.start <= j < self.start + len(self.items):
+      c = j // self.chunk
+      self.items, self.start = self._compute(c), c * self.chunk
+    return self.items[j - self.start]
+
+  def _compute(self, c: int) -> list:
+    if not self.workers:
+      return self.make(c)
+    if self._workers is None or self._next != c:
+      self.close()
+      _absl_flags_parsed()
+      # One thread per worker, a few chunks ahead: grain's default (16 threads, 500 elements ahead)
+      # would fight over each worker's GIL and hold hundreds of chunks of token ids.
+      chunks = grain.MapDataset.range(c, self.num_chunks).map(self.make).to_iter_dataset(
+          grain.ReadOptions(num_threads=1, prefetch_buffer_size=WORKER_AHEAD))
+      self._workers = iter(chunks.mp_prefetch(grain.MultiprocessingOptions(
+          num_workers=self.workers, per_worker_buffer_size=WORKER_AHEAD)))
+      # Stopped before interpreter shutdown, which would otherwise tear grain down under its threads.
+      self._close_at_exit = weakref.finalize(self, self._workers.close)
+    self._next = c + 1
+    return next(self._workers)
+
+  def close(self):
+    if self._workers is not None:
+      self._close_at_exit()
+      self._workers = None
+
+  def __getstate__(self):   # workers receive the rows' makers, never a live iterator
+    return {**self.__dict__, "_workers": None, "_close_at_exit": None, "items": [], "start": 0}
+
+
+def _absl_flags_parsed():
+  """grain's workers read absl flags, which a program not started by absl.app never parsed."""
+  from absl import flags
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+class _EncodeDocs:
+  """Token ids of the documents at stream positions [c * chunk, (c + 1) * chunk): one encode_batch
+  call, much faster than one document at a time."""
+
+  def __init__(self, stream, tokenizer, chunk: int):
+    self.stream, self.tokenizer, self.chunk = stream, tokenizer, chunk
+
+  def __call__(self, c: int) -> list[list[int]]:
+    positions = range(c * self.chunk, min((c + 1) * self.chunk, len(self.stream)))
+    return self.tokenizer.encode_batch([self.stream.source[self.stream.source_index(j)] for j in positions])
 
 
 class LMRows:
   """Causal-LM rows: documents + EOS, concatenated and cut into rows of seq_len; no token dropped or repeated.
   A document that does not fit continues at the start of the next row, as a new segment."""
 
-  def __init__(self, stream: _DocStream, tokenizer, seq_len: int):
+  def __init__(self, stream: _DocStream, tokenizer, seq_len: int, workers: int = 0):
     eos = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.sep_id
     if eos is None:
       raise UserError("tokenizer has neither EOS nor [SEP] to end documents with")
     self.stream, self.seq_len, self.eos = stream, seq_len, eos
-    self.tokens = _TokenCache(stream, tokenizer)
+    self.tokens = _Chunks(_EncodeDocs(stream, tokenizer, TOKENIZE_CHUNK), TOKENIZE_CHUNK, len(stream), workers)
     self.doc, self.offset = 0, 0
 
   def get_state(self):
@@ -214,17 +268,33 @@ def truncate_pair(a: list, b: list, max_tokens: int, rng: random.Random):
 
 class PairRows:
   """BERT pretraining rows as in create_pretraining_data.py: [CLS] A [SEP] B [SEP], B the actual next
-  sentences half of the time (nsp_label 1), else sentences from a random other document (nsp_label 0)."""
+  sentences half of the time (nsp_label 1), else sentences from a random other document (nsp_label 0).
 
-  def __init__(self, stream: _DocStream, tokenizer, seq_len: int, *, seed: int, short_seq_prob: float):
+  sentence_order=True gives ALBERT's sentence-order pairs instead (Lan et al. 2020): B always the
+  actual next sentences of A's document, the two swapped in half of the pairs (nsp_label 1 = in
+  order, 0 = swapped)."""
+
+  def __init__(self, stream: _DocStream, tokenizer, seq_len: int, *, seed: int, short_seq_prob: float,
+               sentence_order: bool = False, workers: int = 0):
     if tokenizer.cls_id is None or tokenizer.sep_id is None:
       raise UserError("BERT pairs need a tokenizer with [CLS] and [SEP] (GPT-2's has neither)")
     self.stream, self.tok, self.seq_len = stream, tokenizer, seq_len
-    self.seed, self.short_seq_prob = seed, short_seq_prob
+    self.seed, self.short_seq_prob, self.sentence_order = seed, short_seq_prob, sentence_order
     self.doc, self.instance = 0, 0
-    self._cached_doc, self._instances = None, []
+    self._setup_cache()
+    # A document's instances depend on its stream position alone: workers can make them ahead.
+    self._chunks = _Chunks(functools.partial(_instances_of, self), 1, len(stream), workers)
+
+  def _setup_cache(self):
     # Random B segments revisit documents; books are slow to split into sentences.
     self._sentences = functools.lru_cache(maxsize=256)(lambda i: split_sentences(self.stream.source[i]))
+
+  def __getstate__(self):   # what a worker needs to make instances: no cache, no worker pool
+    return {k: v for k, v in self.__dict__.items() if k not in ("_sentences", "_chunks")}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._setup_cache()
 
   def get_state(self):
     return {"doc": self.doc, "instance": self.instance}
@@ -250,7 +320,7 @@ class PairRows:
       end += 8
     return tokens
 
-  def _make_instances(self, j: int) -> list[dict]:
+  def _make_instances(self, j: int) -> list[tuple[list[int], list[int], int]]:
     g, own_index = self.stream.global_position(j), self.stream.source_index(j)
     rng = random.Random(f"{self.seed}/{g}")
     sentences = self._encode(self._sentences(own_index))
@@ -261,7 +331,7 @@ class PairRows:
       chunk.append(sentences[i])
       length += len(sentences[i])
       if i == len(sentences) - 1 or length >= target:
-        is_next = int(rng.random() < 0.5)
+        is_next = int(rng.random() < 0.5) or int(self.sentence_order)
         if is_next and len(chunk) == 1 and i + 1 < len(sentences):
           # BERT would make this a random pair; taking the next sentence keeps labels near 50/50
           # on text whose sentences are long (code, tables).
@@ -279,8 +349,11 @@ class PairRows:
         else:
           b = [t for s in chunk[a_end:] for t in s]
         truncate_pair(a, b, max_tokens, rng)
+        label = is_next
+        if self.sentence_order and rng.random() < 0.5:
+          a, b, label = b, a, 0
         if a and b:
-          instances.append(self._row(a, b, is_next))
+          instances.append((a, b, label))   # token lists: cheap to send from a worker; rows are built on use
         chunk, length = [], 0
         target = rng.randint(2, max_tokens) if rng.random() < self.short_seq_prob else max_tokens
       i += 1
@@ -305,13 +378,16 @@ class PairRows:
 
   def next_row(self):
     while self.doc < len(self.stream):
-      if self._cached_doc != self.doc:
-        self._cached_doc, self._instances = self.doc, self._make_instances(self.doc)
-      if self.instance < len(self._instances):
+      instances = self._chunks(self.doc)
+      if self.instance < len(instances):
         self.instance += 1
-        return self._instances[self.instance - 1]
+        return self._row(*instances[self.instance - 1])
       self.doc, self.instance = self.doc + 1, 0
     return None
+
+
+def _instances_of(rows: PairRows, c: int) -> list[list[tuple]]:
+  return [rows._make_instances(c)]   # chunks of one document: a book alone makes many instances
 
 
 class ClassificationRows:
@@ -379,8 +455,8 @@ class PrebuiltRows:
 
 
 # Row layouts by name; each objective names the one it reads (objectives/*.py: `batch=`).
-ROWS = {"clm": LMRows, "pairs": PairRows, "classification": ClassificationRows, "features": PrebuiltRows,
-        "stream": StreamRows}
+ROWS = {"clm": LMRows, "pairs": PairRows, "sop_pairs": PairRows, "classification": ClassificationRows,
+        "features": PrebuiltRows, "stream": StreamRows}
 # data.layout: a layout that replaces an objective's own, and the one it replaces.
 LAYOUTS = {"stream": "clm"}
 
@@ -411,6 +487,12 @@ class BatchIterator:
     self.batches += 1
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}  # rows[0]: a row or a padding row
 
+  def close(self) -> None:
+    """Stops the worker processes, if any (they also stop when the iterator is collected or at exit)."""
+    for part in vars(self.rows).values():
+      if isinstance(part, _Chunks):
+        part.close()
+
   def get_state(self) -> dict:
     return {**self.identity, **self.rows.get_state(), "batches": self.batches}
 
@@ -437,12 +519,13 @@ def reshard_state(states: list[dict], shard_index: int, shard_count: int) -> dic
 
 def make_iterator(kind: str, source, tokenizer, *, seq_len: int, batch_size: int, seed: int = 0,
                   shard_index: int = 0, shard_count: int = 1, train: bool = True, short_seq_prob: float = 0.1,
-                  num_batches: int = 0) -> BatchIterator:
+                  num_batches: int = 0, workers: int = 0) -> BatchIterator:
   """Batches of `kind` (a key of ROWS) from `source` (len() and [i]: documents as str; for
   classification dicts with text, optional text_pair and label; for features, rows built ahead).
 
   batch_size is global: this process gets batch_size // shard_count rows of each batch. train=True
   shuffles and repeats forever; train=False is one pass in order. num_batches > 0 stops after that many.
+  workers > 0 tokenizes (clm, pairs) in that many grain worker processes: the same batches, sooner.
   A "stream" reads `source` as one token stream (StreamRows): random windows when training or
   when num_batches > 0, else one ordered pass.
   """
@@ -457,8 +540,11 @@ def make_iterator(kind: str, source, tokenizer, *, seq_len: int, batch_size: int
                     batch_size=batch_size, train=train, documents=len(source), tokens=len(rows.tokens))
     return BatchIterator(rows, batch_size // shard_count, identity, num_batches)
   stream = _DocStream(source, seed=seed, shard_index=shard_index, shard_count=shard_count, train=train)
-  if kind == "pairs":
-    rows = PairRows(stream, tokenizer, seq_len, seed=seed, short_seq_prob=short_seq_prob)
+  if kind in ("pairs", "sop_pairs"):
+    rows = PairRows(stream, tokenizer, seq_len, seed=seed, short_seq_prob=short_seq_prob,
+                    sentence_order=kind == "sop_pairs", workers=workers)
+  elif kind == "clm":
+    rows = LMRows(stream, tokenizer, seq_len, workers=workers)
   elif kind == "features":
     rows = PrebuiltRows(stream)
   else:
@@ -492,4 +578,4 @@ def iterator_from_config(cfg, tokenizer, split: str = "train", *, kind: str, sou
   return make_iterator(kind, docs, tokenizer, seq_len=data.seq_len, batch_size=data.batch_size,
                        seed=cfg.get("seed", 0), shard_index=process_index, shard_count=process_count,
                        train=split_name == data.train_split, short_seq_prob=data.get("short_seq_prob", 0.1),
-                       num_batches=num_batches)
+                       num_batches=num_batches, workers=data.get("workers", 0) if split_name == data.train_split else 0)

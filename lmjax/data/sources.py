@@ -1,13 +1,26 @@
 """Text corpora as TFDS datasets: one example = one document, feature `text`.
 
-Three kinds of source, all read the same way, through `tfds.data_source(name, split, data_dir)`:
+Three kinds of source, all read the same way, through a TFDS random-access data source:
   * "default": an offline English corpus taken from this Python installation (the `help()` topics
     of pydoc_data plus the docstrings of the standard library), no network needed;
   * "local": a directory, file or glob of .txt / .jsonl / .zip-of-.txt files;
-  * any TFDS name ("wikipedia/20230601.en", "lm1b", ...), already downloaded to data_dir.
+  * any TFDS name ("wikipedia/20230601.en", "lm1b", ...), already prepared in data_dir (a local
+    directory or a gs:// URL, passed to TFDS as given).
 The first two are built once by the `LmjaxText` builder into array_record files under data_dir, in
 a builder config named after the corpus identity (paths, sizes, mtimes, options): a changed corpus
 gets a new config and is rebuilt, an unchanged one is reused.
+
+Prepared TFDS datasets come in several file formats. ArrayRecord and Parquet are read as they are;
+TFRecord (TFDS's default, and the format of most prepared corpora) has no random access, so it is
+converted once, shard by shard with TFDS's own file adapters, into ArrayRecord under lmjax's data
+directory (LMJAX_DATA_DIR, default ~/.cache/lmjax/tfds) and reused after. Record i of a split is the
+same record in both formats, so the order (and every resume) does not depend on which was read.
+
+A dataset without the eval split (Wikipedia has only `train`) gets one carved out of the train split
+by document hash, as local corpora do (`held_out_split`); the run records the share it carved in
+config.json (data.held_out_per_mille) so that training, resuming and `lmjax eval` read the same
+documents. Split expressions (`train[:99%]`) work wherever a split name does.
+The text may sit in any field, nested ones as a path ("a/b"): data.text_field.
 
 Document boundaries (they matter for NSP and for the EOS between documents):
   * .txt: one document per file, or with txt_docs="paragraph" one per blank-line-separated block
@@ -34,9 +47,12 @@ import sys
 import time
 import warnings
 import zipfile
+from concurrent import futures
 
+import numpy as np
 import tensorflow_datasets as tfds
 
+from lmjax import paths
 from lmjax.errors import UserError
 
 DEFAULT_DATA_DIR = os.path.expanduser(os.environ.get("LMJAX_DATA_DIR", "~/.cache/lmjax/tfds"))
@@ -186,6 +202,18 @@ def _doc_hash(doc: str) -> int:
   return int.from_bytes(hashlib.sha1(doc.encode("utf-8", "surrogatepass")).digest()[:8], "little")
 
 
+def held_out_mask(hashes, per_mille: int) -> np.ndarray:
+  """True for the documents whose hash puts them in the held-out part: hash % 1000 < per_mille, and
+  at least one document on each side."""
+  hashes = np.asarray(hashes, np.uint64)
+  mask = hashes % 1000 < per_mille
+  if not mask.any():
+    mask[np.argmin(hashes)] = True
+  if mask.all():
+    mask[np.argmax(hashes)] = False
+  return mask
+
+
 def split_documents(docs: list[str], source: str = "corpus") -> tuple[list[str], list[str]]:
   """(train, validation) by a hash of each document's text: deterministic, and duplicates never straddle."""
   if not docs:
@@ -193,12 +221,7 @@ def split_documents(docs: list[str], source: str = "corpus") -> tuple[list[str],
   if len(docs) < 2:
     raise UserError(f"{source}: only 1 document; need at least 2 (one goes to validation). "
                     "For one big .txt file set data.txt_docs='paragraph'")
-  hashes = [_doc_hash(d) for d in docs]
-  is_val = [h % 1000 < VALIDATION_PER_MILLE for h in hashes]
-  if not any(is_val):
-    is_val[min(range(len(docs)), key=hashes.__getitem__)] = True
-  if all(is_val):
-    is_val[max(range(len(docs)), key=hashes.__getitem__)] = False
+  is_val = held_out_mask([_doc_hash(d) for d in docs], VALIDATION_PER_MILLE)
   train = [d for d, v in zip(docs, is_val) if not v]
   validation = [d for d, v in zip(docs, is_val) if v]
   return train, validation
@@ -218,12 +241,11 @@ def prepare_local(path: str, *, data_dir: str = "", text_field: str = "text", tx
   digest = hashlib.sha1(json.dumps(identity).encode()).hexdigest()[:12]
   config = LocalTextConfig(name=f"c{digest}", description=f"{len(files)} files: {', '.join(files[:3])}",
                            files=tuple(files), text_field=text_field, txt_docs=txt_docs)
-  data_dir = data_dir or DEFAULT_DATA_DIR
-  prepared = os.path.join(data_dir, BUILDER_NAME, config.name, str(LmjaxText.VERSION), "dataset_info.json")
-  if not os.path.exists(prepared):
+  root = paths.path(data_dir or DEFAULT_DATA_DIR)
+  if not (root / BUILDER_NAME / config.name / str(LmjaxText.VERSION) / "dataset_info.json").exists():
     tfds.disable_progress_bar()  # a few seconds of work; the corpus summary line says what was built
     start = time.perf_counter()
-    builder = LmjaxText(config=config, data_dir=data_dir, file_format="array_record")
+    builder = LmjaxText(config=config, data_dir=os.fspath(root), file_format="array_record")
     with contextlib.redirect_stdout(io.StringIO()):   # TFDS prints "Downloading and preparing..." here
       builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     print(f"corpus: built {BUILDER_NAME}/{config.name} from {len(files)} file(s) in {time.perf_counter() - start:.1f} s: "
@@ -233,7 +255,7 @@ def prepare_local(path: str, *, data_dir: str = "", text_field: str = "text", tx
 
 def corpus_stats(name: str, data_dir: str = "") -> dict:
   """The counts kept when a local/default corpus was built (empty for other TFDS datasets)."""
-  builder = tfds.builder(name, data_dir=data_dir or DEFAULT_DATA_DIR)
+  builder = tfds.builder(name, data_dir=os.fspath(paths.path(data_dir or DEFAULT_DATA_DIR)))
   return dict((builder.info.metadata or {}).get("corpus_stats", {}))
 
 
@@ -299,7 +321,10 @@ def prepare_default(*, data_dir: str = "", max_chars: int = 0) -> str:
   """Builds the offline default corpus (once; max_chars > 0 keeps only its first documents, for tests)."""
   data_dir = data_dir or DEFAULT_DATA_DIR
   version = f"py{sys.version_info.major}{sys.version_info.minor}"
-  path = os.path.join(data_dir, "downloads", f"lmjax_default_{version}_{max_chars or 'all'}.jsonl")
+  # Read back as a local corpus, so written to a local directory even when data_dir is a bucket.
+  local = next(d for d in (data_dir, DEFAULT_DATA_DIR, os.path.expanduser("~/.cache/lmjax/tfds"))
+               if not paths.is_url(d))
+  path = os.path.join(local, "downloads", f"lmjax_default_{version}_{max_chars or 'all'}.jsonl")
   if not os.path.exists(path):  # written once: its mtime is part of the corpus identity
     docs, total = [], 0
     for doc in default_documents():
@@ -316,33 +341,164 @@ def prepare_default(*, data_dir: str = "", max_chars: int = 0) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Prepared TFDS datasets: file formats
+
+
+READ_FORMATS = ("array_record", "parquet")   # random access: read as they are
+CONVERTED_FORMATS = ("tfrecord",)            # sequential only: converted once into array_record
+
+
+def _builder(name: str, data_dir: str = ""):
+  """The prepared dataset `name` in data_dir (a path or gs:// URL, given to TFDS as it is)."""
+  where = f"data_dir={data_dir or 'TFDS default'}"
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or None)
+  except Exception as e:  # unknown name or config: say which, in one line
+    raise UserError(f"cannot open TFDS dataset '{name}' ({where}): "
+                    f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+  if not builder.is_prepared():
+    raise UserError(f"cannot open TFDS dataset '{name}': not prepared in {where}; prepare it first "
+                    f"(`tfds build {name} --data_dir=DIR`) or point data.data_dir at where it is")
+  return builder
+
+
+def _readable(builder, name: str):
+  """`builder` itself when its files allow random access, else its ArrayRecord copy (made once)."""
+  formats = sorted(f.value for f in builder.info.available_file_formats())
+  if set(formats) & set(READ_FORMATS):
+    return builder
+  if set(formats) & set(CONVERTED_FORMATS):
+    return tfds.builder_from_directory(os.fspath(convert_to_array_record(builder, name)))
+  raise UserError(f"TFDS dataset '{name}' is stored as {', '.join(formats) or 'an unknown format'}; lmjax reads "
+                  f"{' or '.join(READ_FORMATS)} and converts {', '.join(CONVERTED_FORMATS)}: prepare it in one of "
+                  "those (`tfds build --file_format=array_record`)")
+
+
+def _convert_shard(job) -> int:
+  from tensorflow_datasets.core import file_adapters
+  src, dst = job
+  records = file_adapters.TfRecordFileAdapter.make_tf_data(src)
+  file_adapters.ArrayRecordFileAdapter.write_examples(dst, ((i, r.numpy()) for i, r in enumerate(records)))
+  return dst.stat().length
+
+
+def convert_to_array_record(builder, name: str):
+  """The dataset's TFRecord shards rewritten as ArrayRecord shards (the same records, in the same
+  order), with its metadata, under LMJAX_DATA_DIR/array_record/; made once, reused after. The
+  directory is named after the source's location and metadata, so a re-prepared dataset is redone."""
+  src = paths.path(builder.data_dir)
+  info = json.loads((src / "dataset_info.json").read_text())
+  key = hashlib.sha1(json.dumps([os.fspath(src), info], sort_keys=True).encode()).hexdigest()[:12]
+  out = paths.path(DEFAULT_DATA_DIR) / "array_record" / key / builder.info.full_name
+  if (out / "dataset_info.json").exists():
+    return out
+  start = time.perf_counter()
+  tmp = out.parent / f"{out.name}.incomplete-{os.getpid()}"   # renamed into place when complete
+  tmp.mkdir(parents=True, exist_ok=True)
+  jobs = [(f, tmp / f.name.replace(".tfrecord-", ".array_record-"))
+          for split in builder.info.splits.values() for f in split.filepaths]
+  # tf.data reads and the ArrayRecord writer both run outside the GIL: shards convert in parallel threads.
+  with futures.ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+    size = sum(pool.map(_convert_shard, jobs))
+  for f in src.glob("*.json"):
+    if f.name != "dataset_info.json":
+      (tmp / f.name).write_bytes(f.read_bytes())
+  (tmp / "dataset_info.json").write_text(json.dumps({**info, "fileFormat": "array_record"}, indent=2))
+  try:
+    tmp.rename(out)
+  except OSError:   # another process converted it first: keep theirs
+    if not (out / "dataset_info.json").exists():
+      raise
+    tmp.rmtree()
+  documents = sum(s.num_examples for s in builder.info.splits.values())
+  print(f"corpus: converted {name} ({documents:,} documents in {len(jobs)} TFRecord shards) to ArrayRecord "
+        f"for random access: {size / 1e6:,.1f} MB in {time.perf_counter() - start:.1f} s at {out}; "
+        "reused from now on", file=sys.stderr)
+  return out
+
+
+def split_names(expression: str) -> list[str]:
+  """The split names a TFDS split expression reads: 'train[:99%]+validation' -> ['train', 'validation']."""
+  return re.findall(r"(?:^|\+)\s*([\w-]+)", expression)
+
+
+# ---------------------------------------------------------------------------------------------
 # Reading
 
 
+def _fields(record, prefix="") -> list[str]:
+  """Every field of a (nested) record as a path: ['meta/url', 'text', 'title']."""
+  out = []
+  for k, v in sorted(record.items()):
+    out += _fields(v, f"{prefix}{k}/") if isinstance(v, dict) else [f"{prefix}{k}"]
+  return out
+
+
+def _get(record, path: str):
+  for part in path.split("/"):
+    record = record[part]
+  return record
+
+
+def _as_text(value) -> str:
+  if isinstance(value, bytes):
+    return value.decode("utf-8", errors="replace")
+  if isinstance(value, str):
+    return value
+  return "\n\n".join(map(_as_text, value))   # a sequence of texts (paragraphs): one document
+
+
+def _is_text(value) -> bool:
+  if isinstance(value, (bytes, str)):
+    return True
+  return isinstance(value, (list, tuple, np.ndarray)) and all(isinstance(v, (bytes, str)) for v in value)
+
+
 class TextSource:
-  """Random access to the documents of one split as str: len(src), src[i]. grain reads it directly."""
+  """Random access to the documents of one split as str: len(src), src[i]. grain reads it directly.
+  `indices` (optional) restricts it to those records of the split, in that order."""
 
   def __init__(self, name: str, split: str, *, data_dir: str = "", text_field: str = "text"):
-    self.name, self.split, self.text_field = name, split, text_field
+    self.name, self.split, self.text_field, self.indices = name, split, text_field, None
+    builder = _readable(_builder(name, data_dir), name)
+    splits = sorted(builder.info.splits)
+    missing = [s for s in split_names(split) if s not in splits]
+    if missing:
+      raise UserError(f"TFDS dataset '{name}' has no split '{missing[0]}' (has {splits}); set data.eval_split / "
+                      "data.train_split to one of them or a split expression (train[99%:]); a missing eval split "
+                      "is carved out of the train split when data.held_out_per_mille=-1")
+    self.identity = [os.fspath(builder.data_dir), split]
     try:
-      self._records = tfds.data_source(name, split=split, data_dir=data_dir or None)
-    except Exception as e:  # unknown name, split or data_dir: say which, in one line
+      self._records = builder.as_data_source(split=split)
+    except Exception as e:  # a malformed split expression: say which, in one line
       if "can not be of 0 length" in str(e):  # what array_record says for a split with no examples
         raise UserError(f"split '{split}' of '{name}' is empty; choose another split or a bigger corpus") from None
-      raise UserError(f"cannot open TFDS dataset '{name}' split '{split}' (data_dir={data_dir or 'default'}): "
+      raise UserError(f"cannot open split '{split}' of TFDS dataset '{name}' (data_dir={data_dir or 'default'}): "
                       f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if len(self._records) == 0:
       raise UserError(f"split '{split}' of '{name}' is empty; choose another split or a bigger corpus")
     first = self._records[0]
-    if text_field not in first:
-      raise UserError(f"'{name}' has no field '{text_field}' (has {sorted(first)}); set data.text_field")
+    try:
+      value = _get(first, text_field)
+    except (KeyError, TypeError):
+      raise UserError(f"'{name}' has no field '{text_field}' (has {_fields(first)}); set data.text_field "
+                      "(a nested field as a path: 'a/b')") from None
+    if not _is_text(value):
+      texts = [f for f in _fields(first) if _is_text(_get(first, f))]
+      raise UserError(f"field '{text_field}' of '{name}' holds {type(value).__name__}, not text; fields with "
+                      f"text: {texts}; set data.text_field")
 
   def __len__(self) -> int:
-    return len(self._records)
+    return len(self._records) if self.indices is None else len(self.indices)
 
   def __getitem__(self, i: int) -> str:
-    text = self._records[i][self.text_field]
-    return text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
+    record = self._records[int(i) if self.indices is None else int(self.indices[i])]
+    return _as_text(_get(record, self.text_field))
+
+  def subset(self, indices, what: str) -> "TextSource":
+    part = object.__new__(TextSource)
+    part.__dict__.update(self.__dict__, indices=np.asarray(indices, np.int64), split=f"{self.split} ({what})")
+    return part
 
   def __repr__(self):
     return f"TextSource({self.name!r}, {self.split!r}, {len(self)} documents)"
@@ -380,24 +536,93 @@ class TextFileSplit:
     return f"TextFileSplit({self.path!r}, {self.split!r}, {len(self.text)} characters)"
 
 
+def held_out_split(source: TextSource, per_mille: int, held_out: bool) -> TextSource:
+  """The documents of `source` whose text hashes into the held-out part (`held_out`), or all the
+  others: about per_mille in 1000, at least one on each side, the same rule as local corpora.
+  Hashing reads every document once; the result is kept under LMJAX_DATA_DIR/held_out/."""
+  assert source.indices is None, "held out from a whole split"
+  key = hashlib.sha1(json.dumps([source.identity, source.text_field, len(source._records), per_mille,
+                                 FORMAT_VERSION]).encode()).hexdigest()[:16]
+  cached = paths.path(DEFAULT_DATA_DIR) / "held_out" / f"{key}.npy"
+  if cached.exists():
+    mask = np.load(io.BytesIO(cached.read_bytes()))
+  else:
+    start = time.perf_counter()
+    n = len(source._records)
+    mask = held_out_mask(np.fromiter((_doc_hash(source[i]) for i in range(n)), np.uint64, n), per_mille)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.save(buf, mask)
+    tmp = cached.parent / f"{cached.name}.{os.getpid()}.tmp"
+    tmp.write_bytes(buf.getvalue())
+    tmp.rename(cached)
+    print(f"corpus: held out {int(mask.sum()):,} of {len(mask):,} documents of {source.name} {source.split} by "
+          f"document hash ({per_mille / 10:g}%) in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+  if len(mask) < 2:
+    raise UserError(f"{source}: only {len(mask)} document; need at least 2 to hold one out for evaluation")
+  what = f"{per_mille / 10:g}% held out by document hash" if held_out else "without the held-out documents"
+  return source.subset(np.flatnonzero(mask if held_out else ~mask), what)
+
+
+def _dataset(data) -> tuple[str, str, str]:
+  """(TFDS name, data_dir, text field) of `data` (the config's data section), building a default
+  or local corpus first."""
+  source, data_dir = data["source"], data.get("data_dir", "")
+  if source == "default":
+    data_dir = data_dir or DEFAULT_DATA_DIR
+    return prepare_default(data_dir=data_dir, max_chars=data.get("max_chars", 0)), data_dir, "text"
+  if source == "local":
+    data_dir = data_dir or DEFAULT_DATA_DIR
+    name = prepare_local(data.get("path", ""), data_dir=data_dir, text_field=data.get("text_field", "text"),
+                         txt_docs=data.get("txt_docs", "file"))
+    return name, data_dir, "text"  # built with the field renamed to `text`
+  return source, data_dir, data.get("text_field", "text")
+
+
 def open_source(source: str, split: str, *, path: str = "", text_field: str = "text", data_dir: str = "",
                 txt_docs: str = "file", max_chars: int = 0, train_fraction: float = 0.9):
   """One split of the "default" corpus, a "local" one at `path`, one text "file" at `path`, or a
   TFDS dataset by name."""
   if source == "file":
     return TextFileSplit(path, split, train_fraction)
-  if source == "default":
-    data_dir = data_dir or DEFAULT_DATA_DIR
-    return TextSource(prepare_default(data_dir=data_dir, max_chars=max_chars), split, data_dir=data_dir)
-  if source == "local":
-    data_dir = data_dir or DEFAULT_DATA_DIR
-    name = prepare_local(path, data_dir=data_dir, text_field=text_field, txt_docs=txt_docs)
-    return TextSource(name, split, data_dir=data_dir)  # built with the field renamed to `text`
-  return TextSource(source, split, data_dir=data_dir, text_field=text_field)
+  data = dict(source=source, path=path, text_field=text_field, data_dir=data_dir, txt_docs=txt_docs,
+              max_chars=max_chars)
+  name, data_dir, text_field = _dataset(data)
+  return TextSource(name, split, data_dir=data_dir, text_field=text_field)
+
+
+def resolve_held_out(data) -> int:
+  """data.held_out_per_mille made definite, and set in `data` so that config.json records it:
+  -1 (the default) becomes VALIDATION_PER_MILLE when the dataset lacks a split that data.eval_split
+  names, else 0 (the eval split is read as it is)."""
+  per_mille = data.get("held_out_per_mille", -1)
+  if per_mille < 0 and data["source"] == "file":   # one text file: cut into its own train and validation
+    per_mille = data.held_out_per_mille = 0
+  if per_mille < 0:
+    name, data_dir, _ = _dataset(data)
+    splits = _readable(_builder(name, data_dir), name).info.splits
+    per_mille = 0 if all(s in splits for s in split_names(data.eval_split)) else VALIDATION_PER_MILLE
+    data.held_out_per_mille = per_mille
+  return per_mille
+
+
+def describe_held_out(data) -> str:
+  """One line for the run header, '' when the eval split is the dataset's own."""
+  per_mille = data.get("held_out_per_mille", 0)
+  if per_mille <= 0:
+    return ""
+  return (f"eval split '{data.eval_split}' = {per_mille / 10:g}% of '{data.train_split}' held out by "
+          "document hash (data.held_out_per_mille); training reads the rest")
 
 
 def source_from_config(data, split: str):
-  """`data` is the experiment's `c.data` section."""
-  return open_source(data.source, split, path=data.get("path", ""), text_field=data.get("text_field", "text"),
-                     data_dir=data.get("data_dir", ""), txt_docs=data.get("txt_docs", "file"),
-                     max_chars=data.get("max_chars", 0), train_fraction=data.get("train_fraction", 0.9))
+  """`data` is the experiment's `c.data` section; `split` a split's name or expression. With a
+  held-out eval split, data.eval_split names the held-out documents and data.train_split the rest."""
+  if data["source"] == "file":
+    return TextFileSplit(data.get("path", ""), split, data.get("train_fraction", 0.9))
+  name, data_dir, text_field = _dataset(data)
+  per_mille = resolve_held_out(data)
+  if per_mille > 0 and split in (data.eval_split, data.train_split):
+    train = TextSource(name, data.train_split, data_dir=data_dir, text_field=text_field)
+    return held_out_split(train, per_mille, held_out=split == data.eval_split)
+  return TextSource(name, split, data_dir=data_dir, text_field=text_field)

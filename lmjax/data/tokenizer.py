@@ -112,6 +112,8 @@ class HFTokenizer:
     d = paths.path(tok_dir)
     if (d / "tokenizer.json").exists():
       return cls(tokenizers.Tokenizer.from_str((d / "tokenizer.json").read_text()), tok_dir)
+    if (d / "vocab.json").exists() and (d / "merges.txt").exists():
+      return cls(gpt2_bpe(d), tok_dir)
     lowercase = True
     if (d / "tokenizer_config.json").exists():
       lowercase = json.loads((d / "tokenizer_config.json").read_text()).get("do_lower_case", True)
@@ -211,23 +213,39 @@ class CharTokenizer:
     return self._space[ids] | self._space[prev]
 
 
+def gpt2_bpe(d):
+  """GPT-2's byte-level BPE from vocab.json + merges.txt, built as transformers' GPT2TokenizerFast
+  builds it (no prefix space, GPT-2's split regex) with <|endoftext|> kept whole."""
+  import tokenizers
+  vocab = json.loads((d / "vocab.json").read_text(encoding="utf-8"))
+  lines = (d / "merges.txt").read_text(encoding="utf-8").splitlines()
+  merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
+  tok = tokenizers.Tokenizer(tokenizers.models.BPE(vocab, merges, fuse_unk=False))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = tokenizers.decoders.ByteLevel()
+  if "<|endoftext|>" in vocab:
+    tok.add_special_tokens([tokenizers.AddedToken("<|endoftext|>", special=True)])
+  return tok
+
+
 CHAR_FILE = "tokenizer.chars.json"
+HF_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")   # any one marks an imported HF tokenizer
 
 
 def has_tokenizer(workdir: str) -> bool:
   w = paths.path(workdir)
-  return (w / "tokenizer.model").exists() or (w / CHAR_FILE).exists() or any((w / "tokenizer" / f).exists() for f in ("tokenizer.json", "vocab.txt"))
+  return (w / "tokenizer.model").exists() or (w / CHAR_FILE).exists() or any((w / "tokenizer" / f).exists() for f in HF_FILES)
 
 
 def load_tokenizer(workdir: str):
   """WORKDIR/tokenizer.model (ours), WORKDIR/tokenizer.chars.json (characters), else
-  WORKDIR/tokenizer/{tokenizer.json,vocab.txt} (imported HF)."""
+  WORKDIR/tokenizer/{tokenizer.json, vocab.txt, vocab.json + merges.txt} (imported HF)."""
   w = paths.path(workdir)
   if (w / "tokenizer.model").exists():
     return SentencePieceTokenizer(str(w / "tokenizer.model"))
   if (w / CHAR_FILE).exists():
     return CharTokenizer.load(str(w / CHAR_FILE))
-  if any((w / "tokenizer" / f).exists() for f in ("tokenizer.json", "vocab.txt")):
+  if any((w / "tokenizer" / f).exists() for f in HF_FILES):
     return HFTokenizer.from_dir(str(w / "tokenizer"))
   raise UserError(f"no tokenizer in {workdir}: expected tokenizer.model or tokenizer/vocab.txt; "
                   f"run `lmjax tokenizer train --workdir {workdir}`")

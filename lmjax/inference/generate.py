@@ -1,4 +1,4 @@
-"""Text generation with the KV cache: greedy, or sampled with temperature, top-k and top-p.
+"""Text generation with the KV cache: greedy, sampled (temperature, top-k, top-p), or beam search.
 
     rows = generate(model, params, [[5, 17, 9], [5, 4]], max_new_tokens=32, eos_id=6, pad_id=0)
 
@@ -10,6 +10,9 @@ at least 16, at most the context left for the prompt), and temperature, top-k,
 top-p and the seed are traced values, so one program serves every prompt batch
 of the same size and bucket. `decode_reference` recomputes the full forward at
 every step instead (no cache); tests and `lmjax bench generate` compare the two.
+`beam_decode` is beam search in the same shape: one prefill, a while loop over B x num_beams rows
+whose cache follows the beams; tests/test_generate.py checks it against an exhaustive search and
+against transformers' beam search.
 """
 from __future__ import annotations
 
@@ -125,6 +128,102 @@ def decode_reference(model, params, ids_BxP, mask_BxP, rng, temperature, top_k, 
   return state[1][:, P:]
 
 
+NEG = -1.0e9   # the score of a beam that does not exist; finite, so sums never give inf - inf
+
+
+def _beam_select(logits_BKxV, state, step, *, B, K, N, eos_id, length_penalty):
+  """One step of beam search, as transformers' (generation/utils.py, _beam_search): the 2K best
+  continuations of all K beams by summed log-probability; of those ranked below K, the ones that end
+  (EOS, or the N-th token) join the finished hypotheses, scored sum / length**length_penalty (length
+  counts the new tokens, EOS included), and the K best finished are kept; the K best that do not end
+  run on. Returns the new state and, per running beam, the beam it extends (B x K)."""
+  run_scores_BxK, run_BxKxN, fin_scores_BxK, fin_BxKxN, fin_done_BxK, alive_B, _ = state
+  V = logits_BKxV.shape[-1]
+  logp_BxKxV = jax.nn.log_softmax(logits_BKxV.reshape(B, K, V), -1) + run_scores_BxK[..., None]
+  top_Bx2K, index_Bx2K = jax.lax.top_k(logp_BxKxV.reshape(B, K * V), 2 * K)
+  src_Bx2K, tok_Bx2K = index_Bx2K // V, (index_Bx2K % V).astype(jnp.int32)
+  seqs_Bx2KxN = jnp.take_along_axis(run_BxKxN, src_Bx2K[..., None], 1)
+  seqs_Bx2KxN = jnp.where(jnp.arange(N) == step, tok_Bx2K[..., None], seqs_Bx2KxN)
+  ends_Bx2K = jnp.broadcast_to(step + 1 == N, tok_Bx2K.shape)
+  if eos_id is not None:
+    ends_Bx2K = ends_Bx2K | (tok_Bx2K == eos_id)
+
+  # The K best that go on.
+  run_scores_BxK, pick_BxK = jax.lax.top_k(top_Bx2K + ends_Bx2K * NEG, K)
+  run_BxKxN = jnp.take_along_axis(seqs_Bx2KxN, pick_BxK[..., None], 1)
+  src_BxK = jnp.take_along_axis(src_Bx2K, pick_BxK, 1)
+
+  # The K best finished so far; only the top K continuations may finish, as in transformers.
+  finishing_Bx2K = ends_Bx2K & (jnp.arange(2 * K) < K)
+  new_Bx2K = top_Bx2K / (step + 1.0) ** length_penalty + (~alive_B[:, None]) * NEG + (~finishing_Bx2K) * NEG
+  merged_Bx3K = jnp.concatenate([fin_scores_BxK, new_Bx2K], 1)
+  fin_scores_BxK, keep_BxK = jax.lax.top_k(merged_Bx3K, K)
+  fin_BxKxN = jnp.take_along_axis(jnp.concatenate([fin_BxKxN, seqs_Bx2KxN], 1), keep_BxK[..., None], 1)
+  fin_done_BxK = jnp.take_along_axis(jnp.concatenate([fin_done_BxK, finishing_Bx2K], 1), keep_BxK, 1)
+
+  # Can a running beam still beat the worst finished one? Its sum only falls; with a positive
+  # penalty its length can grow to N (transformers' early_stopping="never": exact, not a heuristic).
+  best_length = jnp.where(length_penalty > 0, jnp.float32(N), step + 1.0)
+  best_possible_B = run_scores_BxK[:, 0] / best_length ** length_penalty
+  worst_BxK = jnp.where(fin_done_BxK, jnp.min(fin_scores_BxK, 1, keepdims=True), NEG)
+  alive_B = alive_B & jnp.any(best_possible_B[:, None] > worst_BxK, -1)
+  can_continue = ~jnp.all(ends_Bx2K)
+  state = (run_scores_BxK, run_BxKxN, fin_scores_BxK, fin_BxKxN, fin_done_BxK, alive_B, can_continue)
+  return state, src_BxK
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "num_beams", "eos_id", "pad_id"))
+def beam_decode(model, params, ids_BxP, mask_BxP, length_penalty, *, max_new_tokens: int, num_beams: int,
+                eos_id: int | None, pad_id: int):
+  """(tokens_BxN, scores_B): each prompt's best hypothesis by beam search (pad after its EOS) and its
+  score, sum of log-probabilities / length**length_penalty. One compiled program: the prompts are
+  prefilled once, their caches copied to K beams, then a while loop advances all B x K beams one
+  token per iteration and reorders the cache to follow the beams they extend."""
+  B, P = ids_BxP.shape
+  N, K = max_new_tokens, num_beams
+  select = functools.partial(_beam_select, B=B, K=K, N=N, eos_id=eos_id,
+                             length_penalty=jnp.asarray(length_penalty, jnp.float32))
+  out = model.apply({"params": params}, ids_BxP, attention_mask=mask_BxP, cache=init_cache(model.cfg, B, P + N))
+  cache = {"k": jnp.repeat(out.cache["k"], K, 1), "v": jnp.repeat(out.cache["v"], K, 1),
+           "valid": jnp.repeat(out.cache["valid"], K, 0), "index": out.cache["index"]}
+  # Only beam 0 exists at first, so the K copies of the prompt do not give K equal beams.
+  run_scores_BxK = jnp.full((B, K), NEG, jnp.float32).at[:, 0].set(0.0)
+  run_BxKxN = jnp.full((B, K, N), pad_id, jnp.int32)
+  state = (run_scores_BxK, run_BxKxN, jnp.full((B, K), NEG, jnp.float32), run_BxKxN, jnp.zeros((B, K), bool),
+           jnp.ones((B,), bool), jnp.bool_(True))
+  state, _ = select(jnp.repeat(out.logits[:, -1], K, 0), state, 0)   # the copies need no reordering
+
+  def cond(carry):
+    step, state, _ = carry
+    return (step < N) & jnp.any(state[5]) & state[6]
+
+  def body(carry):
+    step, state, cache = carry
+    tok_BK = jax.lax.dynamic_index_in_dim(state[1], step - 1, 2, keepdims=False).reshape(B * K)
+    out = model.apply({"params": params}, tok_BK[:, None], cache=cache)
+    state, src_BxK = select(out.logits[:, -1], state, step)
+    rows_BK = (jnp.arange(B)[:, None] * K + src_BxK).reshape(B * K)
+    cache = {"k": jnp.take(out.cache["k"], rows_BK, 1), "v": jnp.take(out.cache["v"], rows_BK, 1),
+             "valid": jnp.take(out.cache["valid"], rows_BK, 0), "index": out.cache["index"]}
+    return step + 1, state, cache
+
+  _, state, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), state, cache))
+  return state[3][:, 0], state[2][:, 0]
+
+
+def beam_search(model, params, prompts: list[list[int]], max_new_tokens: int, *, num_beams: int,
+                length_penalty: float = 1.0, eos_id: int | None = None,
+                pad_id: int = 0) -> tuple[list[list[int]], list[float]]:
+  """(each prompt's best new tokens up to EOS, its score sum log p / length**length_penalty)."""
+  if num_beams < 1:
+    raise UserError(f"num_beams={num_beams}; it must be at least 1")
+  ids_BxP, mask_BxP = left_pad(prompts, model.cfg.max_len, max_new_tokens, pad_id)
+  tokens_BxN, scores_B = beam_decode(model, params, jnp.asarray(ids_BxP), jnp.asarray(mask_BxP),
+                                     jnp.float32(length_penalty), max_new_tokens=max_new_tokens,
+                                     num_beams=num_beams, eos_id=eos_id, pad_id=pad_id)
+  return trim(tokens_BxN, eos_id), [float(s) for s in np.asarray(scores_B)]
+
+
 def bucket(n: int, limit: int) -> int:
   """Padded prompt length: the next power of two >= n (at least MIN_BUCKET), at most `limit`."""
   return min(max(MIN_BUCKET, 1 << max(n - 1, 0).bit_length()), limit)
@@ -189,16 +288,29 @@ def decode_args(model, params, prompts, max_new_tokens, temperature, top_k, top_
 
 def generate(model, params, prompts: list[list[int]], max_new_tokens: int, *, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, seed: int = 0, num_samples: int = 1,
-             eos_id: int | None = None, pad_id: int = 0, reference: bool = False) -> list[list[int]]:
-  """New token ids for each prompt (each repeated num_samples times, in order), up to EOS."""
+             eos_id: int | None = None, pad_id: int = 0, reference: bool = False, num_beams: int = 1,
+             length_penalty: float = 1.0) -> list[list[int]]:
+  """New token ids for each prompt (each repeated num_samples times, in order), up to EOS;
+  num_beams > 1: each prompt's best beam-search hypothesis."""
+  if num_beams > 1:
+    check_beams(num_beams, temperature, num_samples)
+    return beam_search(model, params, prompts, max_new_tokens, num_beams=num_beams,
+                       length_penalty=length_penalty, eos_id=eos_id, pad_id=pad_id)[0]
   args, kwargs = decode_args(model, params, prompts, max_new_tokens, temperature, top_k, top_p, seed,
                              num_samples, eos_id, pad_id)
   fn = decode_reference if reference else decode
   return trim(fn(*args, **kwargs), eos_id)
 
 
+def check_beams(num_beams: int, temperature: float, num_samples: int) -> None:
+  if temperature > 0 or num_samples > 1:
+    raise UserError(f"num_beams={num_beams} is a search for the most likely text; it takes no "
+                    f"temperature ({temperature}) or num_samples ({num_samples}): drop them, or use num_beams=1")
+
+
 def generate_text(workdir, prompts: list[str], *, max_new_tokens: int = 64, temperature: float = 0.0,
-                  top_k: int = 0, top_p: float = 1.0, seed: int = 0, num_samples: int = 1) -> dict:
+                  top_k: int = 0, top_p: float = 1.0, seed: int = 0, num_samples: int = 1, num_beams: int = 1,
+                  length_penalty: float = 1.0) -> dict:
   """`lmjax generate`: each prompt's continuation from a decoder workdir, and the decoding speed.
 
   Returns {"samples": [{"prompt", "sample", "text", "new_tokens", "ended_by_eos"}], "tokens",
@@ -213,13 +325,24 @@ def generate_text(workdir, prompts: list[str], *, max_new_tokens: int = 64, temp
   # An empty prompt starts from BOS where the tokenizer has one.
   prompt_ids = [p if p or tok.bos_id is None else [tok.bos_id] for p in prompt_ids]
   pad_id = tok.pad_id if tok.pad_id is not None else (tok.eos_id or 0)
+  if num_beams < 1:
+    raise UserError(f"num_beams={num_beams}; it must be at least 1")
+  if num_beams > 1:
+    check_beams(num_beams, temperature, num_samples)
   call_args, kwargs = decode_args(model, params, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed,
                                   num_samples, tok.eos_id, pad_id)
+  program = decode
+  if num_beams > 1:
+    program = beam_decode
+    call_args = call_args[:4] + (jnp.float32(length_penalty),)
+    kwargs = dict(kwargs, num_beams=num_beams)
   # Compile ahead of time so the reported speed is decoding alone.
   t0 = time.perf_counter()
-  compiled = decode.lower(*call_args, **kwargs).compile()
+  compiled = program.lower(*call_args, **kwargs).compile()
   t1 = time.perf_counter()
   tokens_BxN = jax.block_until_ready(compiled(*call_args[1:]))
+  if num_beams > 1:
+    tokens_BxN = tokens_BxN[0]
   t2 = time.perf_counter()
   rows = trim(tokens_BxN, tok.eos_id)
   samples = []

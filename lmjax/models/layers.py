@@ -52,7 +52,7 @@ class TransformerConfig:
   activation: str = "gelu"
   use_bias: bool = True
   tie_embeddings: bool = True
-  heads: tuple = ()             # encoder heads: "mlm", "nsp", "classify", "span"
+  heads: tuple = ()             # encoder heads: "mlm", "nsp", "classify", "span"; decoder: "classify"
   num_labels: int = 2           # classify head width
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
@@ -77,8 +77,9 @@ class TransformerConfig:
     bad = set(self.heads) - set(HEADS)
     if bad:
       raise ValueError(f"model.heads has {sorted(bad)}; valid heads are {', '.join(HEADS)}")
-    if self.causal and set(self.heads) & {"nsp", "classify", "span"}:
-      raise ValueError(f"a decoder (model.causal=True) cannot have heads {self.heads}; use an encoder")
+    if self.causal and set(self.heads) & {"mlm", "nsp", "span"}:
+      raise ValueError(f"a decoder (model.causal=True) cannot have heads {self.heads}; use an encoder "
+                       "(a decoder takes classify only)")
 
   @property
   def head_dim(self) -> int:
@@ -195,18 +196,23 @@ class Embed(nn.Module):
 
 
 def make_attention_mask(key_valid_BxS, causal: bool, query_slot_BxL=None, key_slot_BxS=None,
-                   query_segment_BxL=None, key_segment_BxS=None):
+                   query_segment_BxL=None, key_segment_BxS=None, prefix_len_B=None):
   """Boolean mask B x 1 x L x S: True where a query may attend to a key.
 
   Padded keys are masked; with segments, attention stays inside one packed
   document; causal masking compares slot indices (a query at slot i sees keys at
   slots <= i), so the same function serves full sequences and the KV cache.
+  With `prefix_len_B` (a prefix LM), slots below it also see each other both ways.
   """
   mask_BxLxS = key_valid_BxS[:, None, :]  # B x 1 x S until a query-dependent term broadcasts it
   if query_segment_BxL is not None:
     mask_BxLxS = mask_BxLxS & (query_segment_BxL[:, :, None] == key_segment_BxS[:, None, :])
   if causal:
-    mask_BxLxS = mask_BxLxS & (query_slot_BxL[:, :, None] >= key_slot_BxS[:, None, :])
+    sees_BxLxS = query_slot_BxL[:, :, None] >= key_slot_BxS[:, None, :]
+    if prefix_len_B is not None:
+      in_prefix = lambda slot: slot < prefix_len_B[:, None]
+      sees_BxLxS = sees_BxLxS | (in_prefix(query_slot_BxL)[:, :, None] & in_prefix(key_slot_BxS)[:, None, :])
+    mask_BxLxS = mask_BxLxS & sees_BxLxS
   # A padding query may have no key left (packed rows); give it every key so the
   # softmax stays finite. Its output is never read.
   mask_BxLxS = mask_BxLxS | ~jnp.any(mask_BxLxS, -1, keepdims=True)
@@ -218,7 +224,8 @@ class Attention(nn.Module):
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, mask_Bx1xLxS, positions_BxL, row_ids_B, deterministic: bool, cache=None):
+  def __call__(self, x_BxLxD, mask_Bx1xLxS, positions_BxL, row_ids_B, deterministic: bool, cache=None,
+               blocked: bool = True):
     cfg = self.cfg
     proj = functools.partial(nn.DenseGeneral, features=(cfg.num_heads, cfg.head_dim),
                              use_bias=cfg.use_bias, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype,
@@ -251,7 +258,8 @@ class Attention(nn.Module):
     if not deterministic and cfg.attention_dropout_rate > 0:
       dropout_rng = self.make_rng("dropout")
     y_BxLxHxK = dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask_Bx1xLxS, cfg,
-                                      dropout_rng, causal=cfg.causal and cache is None, row_ids_B=row_ids_B)
+                                      dropout_rng, causal=cfg.causal and cache is None and blocked,
+                                      row_ids_B=row_ids_B)
     out = nn.DenseGeneral(cfg.hidden, axis=(-2, -1), use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
                           param_dtype=cfg.param_dtype, dot_general=xla_cpu.dense_dot_general,
                           kernel_init=dense_init(cfg, "heads", "kv", "embed"),
@@ -260,6 +268,19 @@ class Attention(nn.Module):
 
 
 QUERY_BLOCK = 64  # causal einsum attention: rows per query block
+
+
+def attention_implementation(cfg) -> str:
+  """"einsum" (below), or jax.nn.dot_product_attention's "xla" or "cudnn" ("auto" on a GPU: cuDNN
+  where it applies). Attention dropout always takes the einsums, which see the probabilities."""
+  if cfg.attention == "auto":
+    return "cudnn" if jax.default_backend() == "gpu" else "einsum"
+  return cfg.attention
+
+
+def causal_query_blocks(L: int, S: int) -> int:
+  """How many query blocks the causal einsum path splits L queries into (1: no blocking)."""
+  return L // QUERY_BLOCK if L % QUERY_BLOCK == 0 and L == S else 1
 
 
 def dot_product_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask_Bx1xLxS, cfg, dropout_rng=None,
@@ -275,12 +296,11 @@ def dot_product_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask_Bx1xLxS, cfg, dr
   128 or 256 rows measure the same. "auto" asks `jax.default_backend()`, the platform of the
   devices every lmjax step is placed on (jit, pmap and the mesh alike).
   """
-  use_jax_nn = cfg.attention in ("xla", "cudnn") or (cfg.attention == "auto" and jax.default_backend() == "gpu")
-  if dropout_rng is None and use_jax_nn:
+  if dropout_rng is None and attention_implementation(cfg) != "einsum":
     return jax.nn.dot_product_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask_Bx1xLxS,
                                         implementation=None if cfg.attention == "auto" else cfg.attention)
   L, S = q_BxLxHxK.shape[1], k_BxSxHxK.shape[1]
-  blocks = L // QUERY_BLOCK if causal and L % QUERY_BLOCK == 0 and L == S else 1
+  blocks = causal_query_blocks(L, S) if causal else 1
   q_BxLxHxK = q_BxLxHxK * (1.0 / math.sqrt(q_BxLxHxK.shape[-1]))  # scale L x K, not L x S
   rngs = [None] * blocks if dropout_rng is None else list(jax.random.split(dropout_rng, blocks))
   y_blocks = []
@@ -325,22 +345,25 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  """One Transformer layer; pre-LN: x + f(norm(x)), post-LN: norm(x + f(x))."""
+  """One Transformer layer; pre-LN: x + f(norm(x)), post-LN: norm(x + f(x)). `blocked`: a causal
+  mask may skip the keys after each query block (False when a prefix attends both ways)."""
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, mask_Bx1xLxS, positions_BxL, row_ids_B, deterministic: bool, cache=None):
+  def __call__(self, x_BxLxD, mask_Bx1xLxS, positions_BxL, row_ids_B, deterministic: bool, cache=None,
+               blocked: bool = True):
     cfg = self.cfg
     attn, mlp = Attention(cfg, name="attn"), Mlp(cfg, name="mlp")
     attn_norm, mlp_norm = Norm(cfg, name="attn_norm"), Norm(cfg, name="mlp_norm")
     drop = functools.partial(Dropout(cfg.dropout_rate), row_ids_B=row_ids_B, deterministic=deterministic)
     x_BxLxD = xla_cpu.materialize_grad(x_BxLxD)
     if cfg.pre_ln:
-      a_BxLxD, new_cache = attn(attn_norm(x_BxLxD), mask_Bx1xLxS, positions_BxL, row_ids_B, deterministic, cache)
+      a_BxLxD, new_cache = attn(attn_norm(x_BxLxD), mask_Bx1xLxS, positions_BxL, row_ids_B, deterministic, cache,
+                                 blocked)
       x_BxLxD = xla_cpu.materialize_grad(x_BxLxD + drop(a_BxLxD))
       x_BxLxD = x_BxLxD + drop(mlp(mlp_norm(x_BxLxD)))
     else:
-      a_BxLxD, new_cache = attn(x_BxLxD, mask_Bx1xLxS, positions_BxL, row_ids_B, deterministic, cache)
+      a_BxLxD, new_cache = attn(x_BxLxD, mask_Bx1xLxS, positions_BxL, row_ids_B, deterministic, cache, blocked)
       x_BxLxD = attn_norm(x_BxLxD + drop(a_BxLxD))
       x_BxLxD = mlp_norm(x_BxLxD + drop(mlp(x_BxLxD)))
     return x_BxLxD, new_cache
@@ -364,15 +387,16 @@ class Stack(nn.Module):
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, mask_Bx1xLxS, positions_BxL, row_ids_B, deterministic: bool, cache=None):
+  def __call__(self, x_BxLxD, mask_Bx1xLxS, positions_BxL, row_ids_B, deterministic: bool, cache=None,
+               blocked: bool = True):
     cfg = self.cfg
     block = Block
-    if cfg.remat != "none":   # static: `deterministic` (argument 5, counting self)
-      block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], static_argnums=(5,))
+    if cfg.remat != "none":   # static: `deterministic` and `blocked` (arguments 5 and 7, counting self)
+      block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], static_argnums=(5, 7))
     if cfg.scan_layers:
       def body(layer, x, kv):
         layer_cache = None if kv is None else (kv[0], kv[1], cache[2], None)
-        x, new_kv = layer(x, mask_Bx1xLxS, positions_BxL, row_ids_B, deterministic, layer_cache)
+        x, new_kv = layer(x, mask_Bx1xLxS, positions_BxL, row_ids_B, deterministic, layer_cache, blocked)
         return x, new_kv
       scanned = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                         length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
@@ -383,7 +407,7 @@ class Stack(nn.Module):
       for i in range(cfg.num_layers):
         layer_cache = None if cache is None else (*new_kv, cache[2], i)
         x_BxLxD, new_kv = block(cfg, name=f"layer_{i}")(x_BxLxD, mask_Bx1xLxS, positions_BxL, row_ids_B,
-                                                        deterministic, layer_cache)
+                                                        deterministic, layer_cache, blocked)
     return x_BxLxD, new_kv
 
 

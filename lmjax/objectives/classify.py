@@ -1,4 +1,5 @@
-"""Sequence classification on BERT's pooled [CLS] (sentiment, NLI): cross-entropy over task.num_labels.
+"""Sequence classification (sentiment, NLI): cross-entropy over task.num_labels, on an encoder's pooled
+[CLS] (BERT) or a decoder's last real token (GPT-1): either model serves it.
 
 Batch: input_ids, token_type_ids, attention_mask (1 = real), label (B). A padding row (no real
 token, at the end of an eval set) carries no weight.
@@ -27,4 +28,5 @@ def report(means):
   return {"loss": c["loss"], "accuracy": c["correct"]}
 
 
-OBJECTIVE = Objective(prepare=prepare, loss=loss, report=report, causal=False, batch="classification", heads=("classify",))
+OBJECTIVE = Objective(prepare=prepare, loss=loss, report=report, causal=None, batch="classification",
+                      heads=("classify",))

@@ -27,7 +27,7 @@ class Settings:
   """The objective section of the config plus the tokenizer's ids: `Settings(**c.objective, ...)`."""
   name: str = "clm"
   mask_rate: float = 0.15           # MLM: fraction of real, non-special tokens selected
-  whole_word: bool = False          # MLM: select whole words (needs batch["word_start"])
+  masking: str = "token"            # MLM: "token", "whole_word" or "span" (SpanBERT); mlm.MASKINGS
   max_predictions: int = 0          # MLM: M prediction slots per row; 0 = score all L positions
   z_loss: float = 0.0               # PaLM's z_loss * log(Z)^2, keeps the softmax normaliser near 1
   label_smoothing: float = 0.0
@@ -41,9 +41,10 @@ class Objective:
   prepare: Callable   # (batch, rng_B, settings) -> (model inputs, targets)
   loss: Callable      # (model outputs, targets, settings) -> {term: {name: sum}}, "loss" per term
   report: Callable    # ({term: {name: global mean}}) -> flat metrics
-  causal: bool        # the model it needs: a decoder (True) or an encoder (False)
+  causal: bool | None  # the model it needs: a decoder (True), an encoder (False), or either (None)
   batch: str          # the rows it reads: a layout of data/pipeline.py's ROWS ("clm", "pairs", ...)
   heads: tuple[str, ...] = ()  # encoder heads it reads
+  prefix: bool = False         # a decoder whose prefix attends both ways (no causal block skipping)
 
 
 @jax.custom_vjp

@@ -1,12 +1,14 @@
 """Masked LM as in BERT (Devlin et al. 2019), with the masking done inside the step.
 
 Batch: input_ids, attention_mask (1 = real), token_type_ids, and word_start (first
-piece of each word) for whole-word masking. Each row draws from its own key, so a
-row's mask depends on (seed, step, row) only, never on how rows sit on devices.
+piece of each word) for whole-word and span masking. Each row draws from its own key, so
+a row's mask depends on (seed, step, row) only, never on how rows sit on devices.
 
 Per row: select round(mask_rate * n) of the n real, non-special tokens (at least one,
-at most max_predictions); of the selected, 80% become [MASK], 10% a random
-non-special token, 10% stay. Only selected positions carry loss weight.
+at most max_predictions), as `masking` says: "token" (BERT), "whole_word" (BERT's
+whole-word masking) or "span" (SpanBERT's spans of whole words); of the selected, 80%
+become [MASK], 10% a random non-special token, 10% stay. Only selected positions carry
+loss weight.
 """
 from __future__ import annotations
 
@@ -35,8 +37,11 @@ def select_tokens(candidate_L, n_select, key):
 
 
 def select_words(candidate_L, word_start_L, n_select, key):
-  """Whole words in random order while their pieces total <= n_select (every piece
-  of a chosen word is selected; a word that no longer fits is skipped, as are all after it)."""
+  """Whole words, as BERT's create_pretraining_data.py picks them: in a random order, each word
+  whose pieces still fit the budget n_select is selected whole; one that no longer fits is
+  skipped and the next ones are still tried. If no word fits at all (every candidate word is
+  longer than the budget), the first word in the order is selected cut to the budget, so a row
+  with candidates always gets a prediction."""
   L = candidate_L.shape[0]
   # A word also starts at and after every non-candidate, so specials and padding never join one.
   after_other_L = jnp.pad(~candidate_L[:-1], (1, 0), constant_values=True)
@@ -45,9 +50,53 @@ def select_words(candidate_L, word_start_L, n_select, key):
   pieces_W = jax.ops.segment_sum(candidate_L.astype(jnp.int32), word_L, num_segments=L)
   score_W = jnp.where(pieces_W > 0, jax.random.uniform(key, (L,)), jnp.inf)
   order_W = jnp.argsort(score_W)
-  fits_W = (jnp.cumsum(pieces_W[order_W]) <= n_select) & jnp.isfinite(score_W[order_W])
+
+  def take(count, w):   # one word of the random order: in if it fits what is left of the budget
+    fits = (pieces_W[w] > 0) & (count + pieces_W[w] <= n_select)
+    return count + jnp.where(fits, pieces_W[w], 0), fits
+  count, fits_W = jax.lax.scan(take, jnp.zeros((), jnp.int32), order_W)
   chosen_W = jnp.zeros(L, bool).at[order_W].set(fits_W)
-  return candidate_L & chosen_W[word_L]
+  selected_L = candidate_L & chosen_W[word_L]
+  # No word fit: the first word of the order, its first n_select pieces.
+  first_L = candidate_L & (word_L == order_W[0]) & (jnp.cumsum(word_L == order_W[0]) <= n_select)
+  return jnp.where(count > 0, selected_L, first_L)
+
+
+SPAN_P, SPAN_MAX_WORDS = 0.2, 10   # SpanBERT: span lengths ~ Geometric(0.2), clipped at 10 words
+MASKINGS = ("token", "whole_word", "span")
+
+
+def span_lengths(key, shape):
+  """Span lengths in words, drawn from Geometric(SPAN_P) clipped (renormalised) to 1..SPAN_MAX_WORDS,
+  as SpanBERT's masking.py draws them (mean 3.8 words)."""
+  lengths = jnp.arange(1, SPAN_MAX_WORDS + 1)
+  log_p = jnp.log(SPAN_P) + (lengths - 1) * jnp.log(1 - SPAN_P)
+  return lengths[jax.random.categorical(key, log_p, shape=shape)]
+
+
+def select_spans(candidate_L, word_start_L, n_select, key):
+  """SpanBERT (Joshi et al. 2020): until n_select tokens are selected, draw a span length in words
+  and an anchor among the unselected candidates, and select that many whole words from the
+  anchor's word on; the last span stops where the budget does (as masking.py does)."""
+  L = candidate_L.shape[0]
+  after_other_L = jnp.pad(~candidate_L[:-1], (1, 0), constant_values=True)
+  word_L = jnp.cumsum(word_start_L | ~candidate_L | after_other_L) - 1
+  n_select = jnp.minimum(n_select, jnp.sum(candidate_L))
+
+  def add_span(state):
+    selected_L, key = state
+    key, k_len, k_anchor = jax.random.split(key, 3)
+    free_L = candidate_L & ~selected_L
+    anchor = jax.random.categorical(k_anchor, jnp.where(free_L, 0.0, -jnp.inf))
+    first_word = word_L[anchor]
+    # Words first_word .. first_word + length - 1 (word indices count specials as words of their own).
+    in_span_L = free_L & (word_L >= first_word) & (word_L < first_word + span_lengths(k_len, ()))
+    room = n_select - jnp.sum(selected_L)
+    return selected_L | (in_span_L & (jnp.cumsum(in_span_L) <= room)), key
+
+  selected_L, _ = jax.lax.while_loop(lambda state: jnp.sum(state[0]) < n_select, add_span,
+                                     (jnp.zeros(L, bool), key))
+  return selected_L
 
 
 def mask_row(ids_L, real_L, word_start_L, key, s):
@@ -58,8 +107,10 @@ def mask_row(ids_L, real_L, word_start_L, key, s):
   n_select = jnp.maximum(1, jnp.round(n_candidates * s.mask_rate)).astype(jnp.int32)
   if s.max_predictions:
     n_select = jnp.minimum(n_select, s.max_predictions)
-  if s.whole_word:
+  if s.masking == "whole_word":
     selected_L = select_words(candidate_L, word_start_L, n_select, k_select)
+  elif s.masking == "span":
+    selected_L = select_spans(candidate_L, word_start_L, n_select, k_select)
   else:
     selected_L = select_tokens(candidate_L, n_select, k_select)
   action_L = jax.random.uniform(k_action, ids_L.shape)
@@ -71,10 +122,13 @@ def mask_row(ids_L, real_L, word_start_L, key, s):
 def prepare(batch, rng_B, s):
   ids_BxL = batch["input_ids"]
   real_BxL = batch["attention_mask"].astype(bool) if "attention_mask" in batch else jnp.ones(ids_BxL.shape, bool)
-  if s.whole_word and "word_start" not in batch:
-    raise UserError("objective.whole_word=True needs batch['word_start'] from the data pipeline; "
-                    "set objective.whole_word=False or produce word starts")
-  word_start_BxL = batch["word_start"].astype(bool) if s.whole_word else real_BxL
+  if s.masking not in MASKINGS:
+    raise UserError(f"objective.masking={s.masking!r} is not one of {list(MASKINGS)}")
+  by_words = s.masking in ("whole_word", "span")
+  if by_words and "word_start" not in batch:
+    raise UserError(f"objective.masking={s.masking} needs batch['word_start'] from the data pipeline "
+                    "(BERT pairs have it); use objective.masking=token or produce word starts")
+  word_start_BxL = batch["word_start"].astype(bool) if by_words else real_BxL
   masked_BxL, selected_BxL = jax.vmap(mask_row, (0, 0, 0, 0, None))(
       ids_BxL, real_BxL, word_start_BxL, rng_B, s)
 

@@ -17,12 +17,13 @@ A task file holds everything about its task:
 from __future__ import annotations
 
 from lmjax.errors import UserError
-from lmjax.tasks import sentiment, squad, summarization
+from lmjax.tasks import sentiment, squad, summarization, translation
 
 TASKS = {
     "sentiment": sentiment,           # sentence classification on [CLS]: accuracy, F1
     "squad": squad,                   # extractive QA: exact match, F1
     "summarization": summarization,   # decoder prompt -> target: ROUGE-1/2/L
+    "translation": translation,       # decoder prompt -> target, beam search: BLEU, chrF (sacrebleu)
 }
 
 

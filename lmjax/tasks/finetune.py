@@ -30,8 +30,8 @@ def task_config(cfg, init_model: dict, init) -> ml_collections.ConfigDict:
     raise UserError("a fine-tuning config needs a task section with task.name (one of "
                     f"{sorted(tasks.TASKS)}); start from experiments/sst2_minilm.py, squad_minilm.py or xsum_gpt.py")
   task = tasks.get(cfg.task.name)
-  causal = bool(init_model.get("causal"))
-  if objectives.OBJECTIVES[task.OBJECTIVE].causal != causal:
+  causal, needs = bool(init_model.get("causal")), objectives.OBJECTIVES[task.OBJECTIVE].causal
+  if needs is not None and needs != causal:
     held, needed = ("a decoder (GPT)", "an encoder (BERT)") if causal else ("an encoder (BERT)", "a decoder (GPT)")
     raise UserError(f"--init {init} holds {held}; task {cfg.task.name} needs {needed} workdir")
   if cfg.data.seq_len > init_model["max_len"]:
@@ -91,7 +91,7 @@ def evaluate_task(cfg, workdir, data: str | None = None, split: str = "validatio
   cfg = copy.deepcopy(ml_collections.ConfigDict(cfg))
   cfg.parallel.mode = "jit"
   task = tasks.get(cfg.task.name)
-  run = setup(cfg, workdir)
+  run = setup(cfg, workdir, source=task_source(cfg))
   params = checkpoint.restore_params(workdir)
   examples = task.read(cfg, data) if data else task.examples(cfg, split)
   return task.scores(cfg, run.model, params, run.tokenizer, examples)

@@ -78,9 +78,17 @@ def source(cfg, examples, tokenizer) -> list[dict]:
                       separator=t.separator)
 
 
-def scores(cfg, model, params, tok, examples) -> dict:
-  """ROUGE-1/2/L F-measure (percent, stemmed, as the rouge-score package computes them) of greedy outputs."""
+def rouge(targets: list[str], predictions: list[str]) -> dict:
+  """Mean ROUGE-1/2/L F-measure in percent over pairs, stemmed (Porter), as rouge-score computes
+  them for each pair (the summary-level ROUGE of the XSum and CNN/DM papers' tables)."""
   from rouge_score import rouge_scorer
+  scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+  per_pair = [scorer.score(t, p) for t, p in zip(targets, predictions)]
+  return {k: 100.0 * float(np.mean([s[k].fmeasure for s in per_pair])) for k in ("rouge1", "rouge2", "rougeL")}
+
+
+def scores(cfg, model, params, tok, examples) -> dict:
+  """ROUGE-1/2/L of greedy outputs on the examples (the first task.eval_examples of them)."""
   exs = examples[:cfg.task.eval_examples or len(examples)]
   t = cfg.task
   prompts = [seq2seq_prompt(tok, ex["source"], seq_len=cfg.data.seq_len, max_target_len=t.max_target_len,
@@ -90,10 +98,5 @@ def scores(cfg, model, params, tok, examples) -> dict:
   for i in range(0, len(prompts), cfg.data.batch_size):
     outputs += generate.generate(model, params, prompts[i:i + cfg.data.batch_size], t.max_target_len,
                                  eos_id=eos, pad_id=tok.pad_id or 0)
-  scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
-  scores = {"rouge1": [], "rouge2": [], "rougeL": []}
-  for ex, ids in zip(exs, outputs):
-    text = tok.decode([i for i in ids if i != eos])
-    for k, s in scorer.score(ex["target"], text).items():
-      scores[k].append(s.fmeasure)
-  return {**{k: 100.0 * float(np.mean(v)) for k, v in scores.items()}, "examples": len(exs)}
+  texts = [tok.decode([i for i in ids if i != eos]) for ids in outputs]
+  return {**rouge([ex["target"] for ex in exs], texts), "examples": len(exs)}

@@ -14,8 +14,8 @@ import ml_collections
 import numpy as np
 
 from lmjax import checkpoint, paths
-from lmjax.data import pipeline
 from lmjax.errors import UserError
+from lmjax.objectives import cross_entropy_sums
 from lmjax.training import parallel, steps
 from lmjax.training.run import Run, batches, setup
 
@@ -67,30 +67,71 @@ def evaluate_workdir(workdir, split: str = "validation", data: str | None = None
   eval_step = jax.jit(functools.partial(steps.eval_step, model=run.model, objective=run.objective,
                                         settings=run.settings))
   rng = jax.random.key(cfg.seed)
-  if data is None:
-    return evaluate(run, params, eval_step, rng, split=split, num_batches=0)
-  return evaluate_file(run, params, eval_step, rng, data)
+  if data is not None:
+    return evaluate_file(run, params, data)
+  return evaluate(run, params, eval_step, rng, split=split, num_batches=0)
 
 
-def evaluate_file(run: Run, params, eval_step, rng, path: str) -> dict:
-  """Loss, perplexity and bits per byte on one local text file (all of it, in order)."""
+def evaluate_file(run: Run, params, path) -> dict:
+  """`lmjax eval --data FILE`: bits per byte of a local text file, every token scored (decoders)."""
   path = paths.path(path)
   if not path.is_file():
     raise UserError(f"--data {path}: no such file")
   text = path.read_bytes().decode("utf-8", errors="replace")
   if not text.strip():
     raise UserError(f"--data {path} is empty")
-  cfg = run.cfg
-  it = pipeline.make_iterator(run.objective.batch, [text], run.tokenizer, seq_len=cfg.data.seq_len,
-                              batch_size=cfg.data.batch_size, seed=cfg.seed, train=False)
-  metrics = mean_metrics(eval_step(params, jax.device_put(b), eval_rng(rng)) for b in it)
-  weight = next(v for k, v in metrics.items() if k.endswith("_weight"))
-  nll = math.log(metrics["perplexity"]) if "perplexity" in metrics else metrics["loss"]
-  metrics["perplexity"] = math.exp(nll)
-  # Bits per byte: total bits of the predicted tokens over the file's bytes, so models
-  # with different tokenizers compare on the same text.
-  metrics["bits_per_byte"] = nll * weight / math.log(2) / len(text.encode("utf-8"))
-  return metrics
+  window = min(run.cfg.data.seq_len, run.model_cfg.max_len)
+  return bits_per_byte(run.model, params, run.tokenizer, text, window=window, stride=max(1, window // 2),
+                       batch_size=run.cfg.data.batch_size)
+
+
+def bits_per_byte(model, params, tokenizer, text: str, *, window: int, stride: int, batch_size: int = 8) -> dict:
+  """-log2 p(text) / bytes(text) under a decoder, every token of the text scored with context.
+
+  The text is one token stream, preceded by the tokenizer's EOS (or BOS), the document boundary
+  the model was trained with, so that its first token is predicted too. Windows of `window`
+  tokens start every `stride` tokens (the sliding-window perplexity of GPT-2 and Hugging Face's
+  docs); each window scores only the targets that no earlier window scored, so every token is
+  scored exactly once and, past the first window, with at least window - stride tokens of context.
+  An encoder (MLM) does not give the probability of a text: it is refused, not approximated.
+  """
+  if not model.cfg.causal:
+    raise UserError("bits per byte needs a decoder (it is -log2 p(text) per byte); an MLM encoder does not give "
+                    "p(text): evaluate a GPT workdir, or use lmjax eval without --data for the masked-token loss")
+  start = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.bos_id
+  if start is None:
+    raise UserError("bits per byte needs an EOS or BOS token to predict the first token from; this tokenizer has neither")
+  if not 0 < stride <= window:
+    raise UserError(f"stride {stride} must be in 1..window ({window})")
+  seq = np.asarray([start] + list(tokenizer.encode(text)), np.int32)   # targets are seq[1:]
+  n = len(seq) - 1
+  inputs, targets, weights = [], [], []
+  scored = 0
+  for begin in range(0, max(n, 1), stride):
+    end = min(begin + window, n)          # this window's targets are seq[begin + 1 : end + 1]
+    pad = window - (end - begin)
+    inputs.append(np.pad(seq[begin:end], (0, pad)))
+    targets.append(np.pad(seq[begin + 1:end + 1], (0, pad)))
+    weights.append(np.pad((np.arange(begin, end) >= scored).astype(np.float32), (0, pad)))
+    scored = end
+    if end == n:
+      break
+
+  @jax.jit
+  def nll_sum(params, ids_BxW, targets_BxW, weights_BxW):
+    # Causal: the padding after a short last window is never seen by the tokens before it.
+    logits_BxWxV = model.apply({"params": params}, ids_BxW).logits
+    return cross_entropy_sums(logits_BxWxV, targets_BxW, weights_BxW)["nll"]
+
+  total = 0.0
+  for i in range(0, len(inputs), batch_size):
+    chunk = slice(i, i + batch_size)
+    rows = len(inputs[chunk])
+    fill = lambda a: np.stack(a + [np.zeros_like(a[0])] * (batch_size - rows))   # one compiled shape
+    total += float(nll_sum(params, fill(inputs[chunk]), fill(targets[chunk]), fill(weights[chunk])))
+  n_bytes = len(text.encode("utf-8"))
+  return {"tokens": n, "bytes": n_bytes, "loss": total / n, "perplexity": math.exp(total / n),
+          "bits_per_byte": total / math.log(2) / n_bytes, "window": window, "stride": stride}
 
 
 def unigram_perplexity(run: Run, batches_read: int = 50) -> float:

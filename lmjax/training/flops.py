@@ -1,11 +1,18 @@
-"""Model FLOPs and the device's peak, for tokens/s -> MFU.
+"""The FLOPs a training step computes, and the device's peak, for tokens/s -> MFU.
 
-Training FLOPs per token (forward + backward = 3x forward, each multiply-add = 2):
-  dense:     6 * N_matmul, N_matmul = parameters in matmuls (embedding lookups are free;
-             the tied output projection is a matmul and counts once)
-  attention: 6 * 2 * n_layers * seq_len * hidden (q.k^T and p.v), halved under a causal mask
-  MLM head:  the V x D projection (and its transform) only runs on the M predicted
-             positions, so it counts M / L of a token's share.
+Counted: the multiply-adds of the matmuls the step runs, per token, x 6 (forward + backward =
+3x forward, a multiply-add = 2 FLOPs) (elementwise work, about 3% of a step at gpt_tiny's shapes, is left out, as
+PaLM's MFU leaves it out). What runs depends on the objective, so the count does too:
+  body:      every layer's projections and MLP (embedding lookups are free)
+  attention: q k^T and p v over the scores actually computed: all L x L, except the causal
+             einsum path, whose query blocks skip the keys after them ((n+1)/2n of the scores
+             for n blocks), and cuDNN's causal flash kernel, which skips about half
+  heads:     a decoder's LM head on every position (or its classifier on the last token); an encoder's MLM head (transform + V x D)
+             on the M predicted positions (all L without max_predictions); the pooler with
+             NSP's or a classifier's output on one position per row; the span head on every
+             position. A head whose output the objective does not read is not computed (XLA
+             removes it), and is not counted.
+tests/test_flops.py checks the count against XLA's cost analysis of the compiled step.
 """
 from __future__ import annotations
 
@@ -14,7 +21,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from lmjax.models.layers import TransformerConfig
+from lmjax.models.layers import TransformerConfig, attention_implementation, causal_query_blocks
 
 # bf16 dense peak per chip (vendor figures, no sparsity).
 PEAK_FLOPS = {
@@ -23,17 +30,39 @@ PEAK_FLOPS = {
 }
 
 
-def train_flops_per_token(cfg: TransformerConfig, seq_len: int, mlm_predictions: int = 0) -> float:
-  d, f, n, v = cfg.hidden, cfg.mlp_dim, cfg.num_layers, cfg.vocab_size
+def attention_fraction(cfg: TransformerConfig, seq_len: int, prefix: bool = False) -> float:
+  """The share of the L x L attention scores a training step computes (a prefix LM's mask is
+  not causal: every score is computed)."""
+  if not cfg.causal or prefix:
+    return 1.0
+  implementation = "einsum" if cfg.attention_dropout_rate > 0 else attention_implementation(cfg)
+  if implementation == "einsum":
+    n = causal_query_blocks(seq_len, seq_len)
+    return (n + 1) / (2 * n)
+  return 0.5 if implementation == "cudnn" else 1.0
+
+
+def train_flops_per_token(cfg: TransformerConfig, seq_len: int, heads: tuple = (), max_predictions: int = 0,
+                          prefix: bool = False) -> float:
+  """Training FLOPs per token of a step at sequence length `seq_len`. `heads`: the encoder heads
+  the objective reads (objectives' `heads`); `max_predictions`: MLM prediction slots per row;
+  `prefix`: a prefix LM's attention (objectives' `prefix`)."""
+  d, f, n, v, L = cfg.hidden, cfg.mlp_dim, cfg.num_layers, cfg.vocab_size, seq_len
   mlp_mats = 3 if cfg.activation == "swiglu" else 2
-  per_layer = 4 * d * d + mlp_mats * d * f
-  head = v * d
-  if not cfg.causal and "mlm" in cfg.heads:
-    head += d * d  # the MLM transform
-    if mlm_predictions:
-      head *= mlm_predictions / seq_len
-  attention = 2 * n * seq_len * d * (0.5 if cfg.causal else 1.0)
-  return 6.0 * (n * per_layer + head) + 6.0 * attention
+  body = n * (4 * d * d + mlp_mats * d * f)
+  attention = n * 2 * L * d * attention_fraction(cfg, L, prefix)   # q k^T and p v: L x d multiply-adds each
+  if cfg.causal:   # the LM head, unless a classifier on the last token is all the loss reads
+    head = cfg.num_labels * d / L if "classify" in heads else v * d
+  else:
+    used = set(heads) & set(cfg.heads)
+    head = 0.0
+    if "mlm" in used:
+      head += (d * d + v * d) * (min(max_predictions, L) / L if max_predictions else 1.0)
+    if used & {"nsp", "classify"}:
+      head += d * d / L   # the pooler, on [CLS]
+    head += (2 * d / L if "nsp" in used else 0) + (cfg.num_labels * d / L if "classify" in used else 0)
+    head += 2 * d if "span" in used else 0
+  return 6.0 * (body + head + attention)
 
 
 _measured: dict[str, float] = {}

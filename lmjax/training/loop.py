@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from lmjax import checkpoint, paths
-from lmjax.data import pipeline
+from lmjax.data import pipeline, sources
 from lmjax.errors import Stopped, UserError
 from lmjax.training import distributed, optim, parallel, steps
 from lmjax.training.evaluate import evaluate
@@ -109,8 +109,8 @@ def _train(cfg, workdir, init_params, source) -> dict:
 
   writer = MetricsWriter(workdir, resume_step=step)
   tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
-  flops_per_token = train_flops_per_token(run.model_cfg, cfg.data.seq_len,
-                                          cfg.objective.max_predictions if not run.model_cfg.causal else 0)
+  flops_per_token = train_flops_per_token(run.model_cfg, cfg.data.seq_len, run.objective.heads,
+                                          cfg.objective.max_predictions, run.objective.prefix)
   peak, peak_source = peak_flops()
   devices = jax.device_count()
   log_start(run, workdir, state, flops_per_token, step)
@@ -135,7 +135,7 @@ def _train(cfg, workdir, init_params, source) -> dict:
         pending = None
       if at_eval:
         eval_metrics = evaluate(run, state.params, eval_step, rng)
-        writer.write(step, "eval", eval_metrics)
+        writer.write(step, "eval", {**eval_metrics, **clock.compute(step)})
         progress.message(f"eval at step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items()))
         clock.pause()
       if at_eval or step % t.checkpoint_every == 0:
@@ -198,6 +198,12 @@ class Clock:
     """Skip the time since the last reading (evaluation, saving)."""
     self.time = time.perf_counter()
 
+  def compute(self, step) -> dict:
+    """What the run has consumed by `step`: token positions (padding included, as the step
+    computes on it) and training FLOPs (flops.py's count), so runs compare at equal compute."""
+    tokens = step * self.tokens_per_step
+    return {"tokens": float(tokens), "train_flops": float(tokens * self.flops_per_token)}
+
   def read(self, step) -> tuple[float, float]:
     """(tokens/s, model FLOPs utilisation) since the last reading."""
     now = time.perf_counter()
@@ -220,7 +226,7 @@ def report(pending, t, writer, progress, schedule, clock):
   metrics["lr"] = float(schedule(step - 1))
   if step % t.log_every == 0 or step == t.steps:
     metrics["tokens_per_s"], metrics["mfu"] = clock.read(step)
-    writer.write(step, "train", metrics)
+    writer.write(step, "train", {**metrics, **clock.compute(step)})
   progress.update(step, {"loss": metrics["loss"], "lr": metrics["lr"], "tok/s": round(clock.rate),
                          "mfu": f"{100 * clock.rate * clock.flops_per_token / clock.peak:.1f}%"})
 
@@ -286,7 +292,8 @@ def log_start(run: Run, workdir, state, flops_per_token, step):
         f"  model      {'decoder' if m.causal else 'encoder'}, {m.num_layers} layers x {m.hidden} wide, "
         f"{n_params:,} params, {m.dtype}; objective {cfg.objective.name}\n"
         f"  data       {cfg.data.source} {cfg.data.path}".rstrip() + f", seq {cfg.data.seq_len} x batch "
-        f"{cfg.data.batch_size}; tokenizer {run.tokenizer.vocab_size:,} pieces\n"
+        f"{cfg.data.batch_size}; tokenizer {run.tokenizer.vocab_size:,} pieces\n" +
+        (f"  held out   {sources.describe_held_out(cfg.data)}\n" if sources.describe_held_out(cfg.data) else "") +
         f"  devices    {jax.device_count()} x {jax.devices()[0].device_kind} ({processes}), {layout}; "
         f"{flops_per_token / 1e6:.1f} MFLOP/token\n"
         f"  schedule   {t.steps} steps, {o.name} lr {o.lr:g} {o.schedule} (warmup {o.warmup_steps}); "

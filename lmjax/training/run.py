@@ -18,7 +18,7 @@ import jax
 import ml_collections
 
 from lmjax import checkpoint, models, objectives, paths
-from lmjax.data import pipeline, tokenizer as tokenizers
+from lmjax.data import pipeline, sources, tokenizer as tokenizers
 from lmjax.errors import UserError
 from lmjax.training import distributed
 
@@ -75,6 +75,8 @@ class Run:
 def setup(cfg, workdir, mesh=None, train_tokenizer: bool = False, source=None) -> Run:
   """Tokenizer, model and objective of `cfg`; `mesh` is the one the caller built for
   parallel.mode=mesh; `source` ((split name, tokenizer) -> examples or rows) replaces the corpus (a task)."""
+  if source is None:   # fixed once, before the tokenizer reads the train split; config.json records it
+    sources.resolve_held_out(cfg.data)
   if train_tokenizer and jax.process_index() == 0 and not tokenizers.has_tokenizer(str(workdir)):
     tokenizers.train_from_config(cfg, str(workdir))
   if train_tokenizer and jax.process_count() > 1:
