@@ -279,3 +279,18 @@ def test_bfloat16_compute_trains_like_float32(config, tmp_path, data_dir):
     loss[dtype] = loop.train(cfg, tmp_path / dtype)["loss"]
   assert loss["float32"] < 0.8 * math.log(384)    # it trained: well below a uniform guess
   assert abs(loss["bfloat16"] - loss["float32"]) <= 0.02 * loss["float32"], loss
+
+
+def test_throughput_excludes_evaluation_and_saving(monkeypatch):
+  # 10 steps in 10 s, then a 30 s evaluation, then 10 steps in 10 s: both readings say 1 step/s,
+  # though the evaluation came between two readings.
+  now = [0.0]
+  monkeypatch.setattr(loop.time, "perf_counter", lambda: now[0])
+  clock = loop.Clock(0, tokens_per_step=100, flops_per_token=2.0, peak_flops=1000.0)
+  now[0] = 10.0
+  assert clock.read(10) == (100.0, 0.2)
+  now[0] = 15.0                       # 5 more steps, not yet read
+  with clock.excluded():
+    now[0] = 45.0
+  now[0] = 50.0                       # 5 more
+  assert clock.read(20) == (100.0, 0.2)

@@ -15,6 +15,7 @@ the same losses and params, bit for bit, as a run that never stopped.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -134,13 +135,13 @@ def _train(cfg, workdir, init_params, source) -> dict:
         report(pending, t, writer, progress, schedule, clock)
         pending = None
       if at_eval:
-        eval_metrics = evaluate(run, state.params, eval_step, rng)
-        writer.write(step, "eval", {**eval_metrics, **clock.compute(step)})
-        progress.message(f"eval at step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items()))
-        clock.pause()
+        with clock.excluded():
+          eval_metrics = evaluate(run, state.params, eval_step, rng)
+          writer.write(step, "eval", {**eval_metrics, **clock.compute(step)})
+          progress.message(f"eval at step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items()))
       if at_eval or step % t.checkpoint_every == 0:
-        save(mngr, workdir, state, mode, step, rng, data_state, cfg, eval_metrics if at_eval else None)
-        clock.pause()
+        with clock.excluded():
+          save(mngr, workdir, state, mode, step, rng, data_state, cfg, eval_metrics if at_eval else None)
     if pending is not None:
       report(pending, t, writer, progress, schedule, clock)
     if preempt.signal is not None:
@@ -192,11 +193,17 @@ class Clock:
 
   def __init__(self, step, tokens_per_step, flops_per_token, peak_flops):
     self.tokens_per_step, self.flops_per_token, self.peak = tokens_per_step, flops_per_token, peak_flops
-    self.step, self.time, self.rate = step, time.perf_counter(), 0.0
+    self.step, self.time, self.rate, self.skipped = step, time.perf_counter(), 0.0, 0.0
 
-  def pause(self):
-    """Skip the time since the last reading (evaluation, saving)."""
-    self.time = time.perf_counter()
+  @contextlib.contextmanager
+  def excluded(self):
+    """Time spent inside (evaluation, saving) is not training time. The loop enters it right after
+    reading a step's metrics, so no step is still running on the device then."""
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.skipped += time.perf_counter() - start
 
   def compute(self, step) -> dict:
     """What the run has consumed by `step`: token positions (padding included, as the step
@@ -208,8 +215,8 @@ class Clock:
     """(tokens/s, model FLOPs utilisation) since the last reading."""
     now = time.perf_counter()
     if step > self.step:
-      self.rate = self.tokens_per_step * (step - self.step) / max(now - self.time, 1e-9)
-    self.step, self.time = step, now
+      self.rate = self.tokens_per_step * (step - self.step) / max(now - self.time - self.skipped, 1e-9)
+    self.step, self.time, self.skipped = step, now, 0.0
     return self.rate, self.rate * self.flops_per_token / self.peak
 
 
