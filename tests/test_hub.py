@@ -17,6 +17,8 @@ import sys
 import numpy as np
 import pytest
 
+from test_convert import cli_error
+
 STANDIN_TEXT = ("This is an example of BERT and of GPT, a model of language that learns from text. "
                 "The model reads a sentence, and the next word is an example of what it has learned. ") * 40
 
@@ -252,14 +254,6 @@ def test_pretraining_layout_and_convert_by_name(by_name, capsys):
   assert "tensors placed" in printed
 
 
-def cli_error(capsys, argv) -> str:
-  from lmjax.__main__ import main
-  with pytest.raises(SystemExit) as e:
-    main(argv)
-  assert e.value.code == 2
-  err = capsys.readouterr().err.strip()
-  assert len(err.splitlines()) == 1, err
-  return err
 
 
 def test_bad_names_are_one_line(by_name, capsys):

@@ -196,14 +196,18 @@ def test_mlm_never_touches_specials_or_padding(data, rate, masking):
 
 @hsettings(max_examples=25, deadline=None)
 @given(rows)
-def test_whole_word_masking_masks_whole_words(data):
+def masked_rows(data, masking, rate=0.3):
+  """(selected, candidates, word starts), each B x L, of one masking draw on generated rows."""
   ids, lengths, word_start, seed = data
   batch = bert_rows(ids, lengths, word_start)
-  _, _, targets = run(batch, seed, mask_rate=0.3, masking="whole_word")
-  selected = targets["weights"]["mlm"] > 0
+  _, _, targets = run(batch, seed, mask_rate=rate, masking=masking)
   original = np.asarray(batch["input_ids"])
   candidate = ~np.isin(original, SPECIALS) & (np.asarray(batch["attention_mask"]) == 1)
-  starts = np.asarray(batch["word_start"])
+  return targets["weights"]["mlm"] > 0, candidate, np.asarray(batch["word_start"])
+
+
+def test_whole_word_masking_masks_whole_words(data):
+  selected, candidate, starts = masked_rows(data, "whole_word")
   for b in range(B):
     words = words_of(candidate[b], starts[b])
     partial = [w for w in words if 0 < selected[b, w].sum() < len(w)]
@@ -459,13 +463,7 @@ def test_span_lengths_follow_the_clipped_geometric():
 @hsettings(max_examples=25, deadline=None)
 @given(rows)
 def test_span_masking_selects_spans_of_whole_words_up_to_the_budget(data):
-  ids, lengths, word_start, seed = data
-  batch = bert_rows(ids, lengths, word_start)
-  _, _, targets = run(batch, seed, mask_rate=0.3, masking="span")
-  selected = targets["weights"]["mlm"] > 0
-  original = np.asarray(batch["input_ids"])
-  candidate = ~np.isin(original, SPECIALS) & (np.asarray(batch["attention_mask"]) == 1)
-  starts = np.asarray(batch["word_start"])
+  selected, candidate, starts = masked_rows(data, "span")
   for b in range(B):
     words = words_of(candidate[b], starts[b])
     budget = max(1, round(candidate[b].sum() * 0.3)) if candidate[b].any() else 0
