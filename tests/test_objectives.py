@@ -194,8 +194,6 @@ def test_mlm_never_touches_specials_or_padding(data, rate, masking):
     np.testing.assert_array_equal(selected.sum(-1), expected)
 
 
-@hsettings(max_examples=25, deadline=None)
-@given(rows)
 def masked_rows(data, masking, rate=0.3):
   """(selected, candidates, word starts), each B x L, of one masking draw on generated rows."""
   ids, lengths, word_start, seed = data
@@ -206,6 +204,8 @@ def masked_rows(data, masking, rate=0.3):
   return targets["weights"]["mlm"] > 0, candidate, np.asarray(batch["word_start"])
 
 
+@hsettings(max_examples=25, deadline=None)
+@given(rows)
 def test_whole_word_masking_masks_whole_words(data):
   selected, candidate, starts = masked_rows(data, "whole_word")
   for b in range(B):

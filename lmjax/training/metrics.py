@@ -45,26 +45,32 @@ class MetricsWriter:
       self._guard(lambda: self.path.write_text("".join(l + "\n" for l in self.lines)))
     else:
       self._guard(lambda: (self.file.write(json.dumps(row) + "\n"), self.file.flush()))
-    with self.tb.as_default(step=int(step)):
-      for k, v in row.items():
-        if k not in ("step", "split") and math.isfinite(v):
-          self.tf.summary.scalar(f"{split}/{k}", v)
+    def scalars():
+      with self.tb.as_default(step=int(step)):
+        for k, v in row.items():
+          if k not in ("step", "split") and math.isfinite(v):
+            self.tf.summary.scalar(f"{split}/{k}", v)
+    self._guard(scalars)
 
   def close(self) -> None:
     if self.enabled:
       try:
         if self.file is not None:
           self.file.close()
-      except OSError:
+        self.tb.close()
+      except (OSError, self.tf.errors.OpError):
         pass   # its error was said when the write failed
-      self.tb.close()
 
   def _guard(self, write):
-    """write(), or a one-line error when the disk is full, read-only or gone."""
+    """write(), or a one-line error when the disk is full, read-only or gone (TensorBoard's writer
+    raises TensorFlow's errors for the same faults)."""
+    tf_error = self.tf.errors.OpError if hasattr(self, "tf") else OSError
     try:
       return write()
-    except OSError as e:
-      raise UserError(f"cannot write {self.path} ({e.strerror or e}); free space or fix the disk, then rerun "
+    except (OSError, tf_error) as e:
+      why = getattr(e, "strerror", None) or ("No space left on device" if "No space left" in str(e) else
+                                             str(e).strip().splitlines()[-1][-120:])
+      raise UserError(f"cannot write {self.path.parent} ({why}); free space or fix the disk, then rerun "
                       "the same command to resume from the last checkpoint") from None
 
 
