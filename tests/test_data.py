@@ -342,50 +342,43 @@ def test_bert_pairs(default_train, tok):
   assert 0.4 <= np.mean(labels) <= 0.6, np.mean(labels)
 
 
-def test_bert_next_sentences_are_consecutive(small, tok):
-  texts = {}
-  for i in range(len(small)):
-    ids = [t for s in tok.encode_batch(pipeline.split_sentences(small[i])) for t in s]
-    texts[i] = np.array(ids, np.int32).tobytes()
-  it = pipeline.make_iterator("pairs", small, tok, seq_len=64, batch_size=8, seed=0, short_seq_prob=0.0)
-  checked = {0: 0, 1: 0}
-  for _ in range(20):
-    b = next(it)
-    for ids, label in zip(b["input_ids"], b["nsp_label"]):
-      seps = np.flatnonzero(ids == tok.sep_id)
-      a, bb = ids[1:seps[0]], ids[seps[0] + 1:seps[1]]
-      if seps[1] >= 64 - 3:
-        continue  # truncated: its ends may have been trimmed
-      joined = np.concatenate([a, bb]).astype(np.int32).tobytes()
-      contiguous = any(joined in t and t.index(joined) % 4 == 0 for t in texts.values())
-      if label == 1:
-        assert contiguous
-      checked[int(label)] += 1
-  assert checked[0] > 10 and checked[1] > 10
-
-
-def test_sentence_order_pairs_are_consecutive_and_swapped_half_the_time(small, tok):
-  # ALBERT's SOP: both segments are consecutive text of one document; label 1 keeps the order,
-  # label 0 swaps the two, in about half of the rows.
-  texts = {}
-  for i in range(len(small)):
-    ids = [t for s in tok.encode_batch(pipeline.split_sentences(small[i])) for t in s]
-    texts[i] = np.array(ids, np.int32).tobytes()
-  it = pipeline.make_iterator("sop_pairs", small, tok, seq_len=64, batch_size=8, seed=0, short_seq_prob=0.0)
-  checked, labels = 0, []
+def pairs_and_documents(small, tok, kind):
+  """([(segment A, segment B, label)] of 20 batches, each untruncated pair only; every document's
+  token ids as bytes), to check a pair's text against the documents."""
+  texts = [np.array([t for s in tok.encode_batch(pipeline.split_sentences(small[i])) for t in s], np.int32).tobytes()
+           for i in range(len(small))]
+  it = pipeline.make_iterator(kind, small, tok, seq_len=64, batch_size=8, seed=0, short_seq_prob=0.0)
+  pairs, labels = [], []
   for _ in range(20):
     b = next(it)
     for ids, label in zip(b["input_ids"], b["nsp_label"]):
       labels.append(int(label))
       seps = np.flatnonzero(ids == tok.sep_id)
-      a, bb = ids[1:seps[0]], ids[seps[0] + 1:seps[1]]
-      if seps[1] >= 64 - 3:
-        continue  # truncated: its ends may have been trimmed
-      first, second = (a, bb) if label == 1 else (bb, a)
-      joined = np.concatenate([first, second]).astype(np.int32).tobytes()
-      assert any(joined in t and t.index(joined) % 4 == 0 for t in texts.values()), "not consecutive"
-      checked += 1
-  assert checked > 30 and 0.35 <= np.mean(labels) <= 0.65, (checked, np.mean(labels))
+      if seps[1] < 64 - 3:   # else truncated: its ends may have been trimmed
+        pairs.append((ids[1:seps[0]], ids[seps[0] + 1:seps[1]], int(label)))
+  return pairs, labels, texts
+
+
+def consecutive(first, second, texts) -> bool:
+  joined = np.concatenate([first, second]).astype(np.int32).tobytes()
+  return any(joined in t and t.index(joined) % 4 == 0 for t in texts)
+
+
+def test_bert_next_sentences_are_consecutive(small, tok):
+  pairs, _, texts = pairs_and_documents(small, tok, "pairs")
+  for a, b, label in pairs:
+    if label == 1:
+      assert consecutive(a, b, texts)
+  assert sum(label == 0 for *_, label in pairs) > 10 and sum(label == 1 for *_, label in pairs) > 10
+
+
+def test_sentence_order_pairs_are_consecutive_and_swapped_half_the_time(small, tok):
+  # ALBERT's SOP: both segments are consecutive text of one document; label 1 keeps the order,
+  # label 0 swaps the two, in about half of the rows.
+  pairs, labels, texts = pairs_and_documents(small, tok, "sop_pairs")
+  for a, b, label in pairs:
+    assert consecutive(a, b, texts) if label == 1 else consecutive(b, a, texts), "not consecutive"
+  assert len(pairs) > 30 and 0.35 <= np.mean(labels) <= 0.65, (len(pairs), np.mean(labels))
 
 
 # ------------------------------------------------------------------------------------------- resume, config

@@ -25,7 +25,7 @@ class MetricsWriter:
       # A resumed run rewrites history from its checkpoint on: drop the lines of the steps it
       # will replay, so the file reads as one uninterrupted run. A line cut short by a kill
       # is one of those (it was being written after the last checkpoint).
-      self.lines = [l for l in self.path.read_text().splitlines() if (step_of(l) is not None and step_of(l) <= resume_step)]
+      self.lines = [l for l in self.path.read_text().splitlines() if (s := step_of(l)) is not None and s <= resume_step]
       self._guard(lambda: self.path.write_text("".join(l + "\n" for l in self.lines)))
     else:
       self.lines = []
