@@ -69,6 +69,12 @@ def parser() -> argparse.ArgumentParser:
   conv.add_argument("--workdir", required=True)
   conv.add_argument("--out", help="HF directory to write (with --to-hf)")
 
+  cmp = with_config(sub.add_parser("compare", help="a study: arms x seeds at equal compute, a probe, one report"))
+  cmp.add_argument("--workdir", required=True, help="the study's directory (one TensorBoard logdir for every run)")
+  cmp.add_argument("--arm", default=None, help="run only this arm (all its seeds unless --seed)")
+  cmp.add_argument("--seed", type=int, default=None, help="run only this seed (every arm unless --arm)")
+  cmp.add_argument("--report", action="store_true", help="only gather the finished runs into the report")
+
   tok = sub.add_parser("tokenizer", help="tokenizer tools")
   tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True)
   tok_train = with_config(tok_sub.add_parser("train", help="train the config's sentencepiece model"))
@@ -138,6 +144,8 @@ def run(args, overrides) -> None:
       if not args.out:
         raise UserError("--to-hf needs --out HF_DIR, the directory to write")
       print(f"lmjax convert: {hf.export_hf(args.workdir, args.out)}")
+  elif cmd == "compare":
+    compare(load_config(args.config, overrides), args)
   elif cmd == "tokenizer":
     from lmjax.data import tokenizer
     tokenizer.train_from_config(load_config(args.config, overrides), args.workdir)
@@ -170,6 +178,39 @@ def train(cfg, args) -> None:
                                  max_new_tokens=min(48, cfg.model.max_len // 2), temperature=0.8, top_k=40)
     for s in out["samples"]:
       print(f"--- sample ---\n{s['text']}", flush=True)
+
+
+def compare(cfg, args) -> None:
+  """`lmjax compare`: the study's runs one after another (or the one --arm/--seed names), then the report."""
+  import pathlib
+  from lmjax.compare import report, runs, study
+  if args.config is None:
+    raise UserError("lmjax compare needs --config STUDY, e.g. compare_bert_objectives or compare_bert_vs_gpt")
+  plan = study.plan(cfg, name=pathlib.Path(args.config).stem)
+  todo = plan.runs()
+  if args.arm is not None and args.arm not in plan.arms:
+    raise UserError(f"--arm {args.arm!r} is not one of the study's arms {list(plan.arms)}")
+  if args.seed is not None and args.seed not in plan.seeds:
+    raise UserError(f"--seed {args.seed} is not one of the study's seeds {list(plan.seeds)}")
+  todo = [(a, s) for a, s in todo if args.arm in (None, a) and args.seed in (None, s)]
+  if not args.report:
+    for i, (arm, seed) in enumerate(todo, 1):
+      where = runs.run_dir(args.workdir, arm, seed)
+      done = runs.is_done(args.workdir, arm, seed)
+      print(f"lmjax compare: run {i}/{len(todo)}: arm {arm}, seed {seed}, {plan.arms[arm].cfg.train.steps} steps "
+            f"in {where}" + (" (finished before; skipped)" if done else ""), flush=True)
+      r = runs.run_one(plan, args.workdir, arm, seed)
+      held = ", ".join(f"{k}={v:.4g}" for k, v in r["held_out"].items())
+      print(f"lmjax compare: {arm} seed {seed}: probe {plan.probe_metric}={r['probe'][plan.probe_metric]:.4f}"
+            + (f", held out {held}" if held else ""), flush=True)
+    if args.arm is not None or args.seed is not None:
+      print("lmjax compare: done; `lmjax compare --report` gathers the finished runs", flush=True)
+      return
+  records = runs.finished(plan, args.workdir)
+  results = report.write(plan, records, args.workdir)
+  print(report.markdown(results, records), end="")
+  print(f"lmjax compare: {'report' if results['complete'] else 'partial report'} in {args.workdir}/report.md, "
+        "results.json, loss_vs_flops.png, probe.png", flush=True)
 
 
 def quiet_libraries() -> None:

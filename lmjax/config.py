@@ -75,7 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
   ))
   c.data = ml_collections.ConfigDict(dict(
       source="default",           # "default" (offline corpus), "local" (data.path), "file" (one text file), or a TFDS name
-      path="",                    # local corpus: a directory or glob of .txt / .jsonl / .zip of .txt; "file": one file
+      path="",                    # local corpus: a directory or glob of .txt / .jsonl / .zip of .txt (several: comma-separated); "file": one file
       train_fraction=0.9,         # source "file": its first 90% of characters train, the rest validation (nanoGPT)
       layout="",                  # rows: "" = the objective's; "stream" = random windows of one token stream (clm)
       txt_docs="file",            # .txt documents: one per "file", or per blank-line "paragraph"
@@ -165,6 +165,42 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
 
 
 def set_value(cfg: ml_collections.ConfigDict, key: str, raw: str) -> None:
+  node, leaf = leaf_of(cfg, key)
+  node[leaf] = parse_value(key, raw, node[leaf])
+
+
+def apply_settings(cfg: ml_collections.ConfigDict, settings, where: str) -> None:
+  """Nested {section: {key: value}} (a study arm's changes) onto cfg, with the checks a
+  --config flag gets: the key must exist and the value keep its type. `where` names the
+  settings in errors."""
+  def leaves(node, prefix=""):
+    for k, v in node.items():
+      if isinstance(v, (dict, ml_collections.ConfigDict)):
+        yield from leaves(v, f"{prefix}{k}.")
+      else:
+        yield f"{prefix}{k}", v
+  for key, value in leaves(settings):
+    try:
+      node, leaf = leaf_of(cfg, key)
+      node[leaf] = checked_value(key, value, node[leaf])
+    except ConfigError as e:
+      raise ConfigError(f"{where}: {e}") from None
+  check_choices(cfg)
+
+
+def checked_value(key: str, value: Any, old: Any) -> Any:
+  """`value` for a key that holds `old`: the same type (an int where a float is, a list where a tuple is)."""
+  if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+    return float(value)
+  if isinstance(old, (tuple, list)) and isinstance(value, (tuple, list)):
+    return type(old)(value)
+  if old is not None and type(value) is not type(old):
+    raise ConfigError(f"{key}={value!r}: expected a {type(old).__name__}, got a {type(value).__name__}")
+  return value
+
+
+def leaf_of(cfg: ml_collections.ConfigDict, key: str):
+  """(the section holding `key`, its leaf name), or a ConfigError naming what exists."""
   *parents, leaf = key.split(".")
   node = cfg
   for i, part in enumerate(parents):
@@ -174,8 +210,7 @@ def set_value(cfg: ml_collections.ConfigDict, key: str, raw: str) -> None:
     node = node[part]
   if leaf not in node:
     raise ConfigError(f"unknown config key {key!r}; valid keys here are {sorted(node.keys())}")
-  old = node[leaf]
-  node[leaf] = parse_value(key, raw, old)
+  return node, leaf
 
 
 def parse_value(key: str, raw: str, old: Any) -> Any:
@@ -191,13 +226,7 @@ def parse_value(key: str, raw: str, old: Any) -> Any:
     value = ast.literal_eval(raw)
   except (ValueError, SyntaxError):
     raise ConfigError(f"--config.{key}={raw!r}: expected a {type(old).__name__}") from None
-  if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
-    value = float(value)
-  if isinstance(old, (tuple, list)) and isinstance(value, (tuple, list)):
-    return type(old)(value)
-  if old is not None and type(value) is not type(old):
-    raise ConfigError(f"--config.{key}={raw!r}: expected a {type(old).__name__}, got a {type(value).__name__}")
-  return value
+  return checked_value(f"--config.{key}", value, old)
 
 
 def check_choices(cfg: ml_collections.ConfigDict) -> None:

@@ -109,9 +109,12 @@ def format_stats(stats: dict) -> str:
 
 
 def resolve_files(path: str) -> list[str]:
-  """A directory (searched recursively), a file, or a glob -> sorted .txt/.jsonl/.zip files."""
+  """A directory (searched recursively), a file, or a glob, or several of them separated by commas
+  -> sorted .txt/.jsonl/.zip files."""
   if not path:
     raise UserError("data.path is empty; set it to a directory, file or glob of .txt/.jsonl/.zip files")
+  if "," in path:
+    return sorted({f for part in path.split(",") if part.strip() for f in resolve_files(part.strip())})
   path = os.path.expanduser(path)
   if os.path.isdir(path):
     found = [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]

@@ -275,6 +275,11 @@ def resume(mngr, workdir, state: TrainState, train_iter, mode: str):
 
 
 def save(mngr, workdir, state, mode, step, rng, data_state, cfg, metrics):
+  if jax.process_index() == 0 and not (paths.path(workdir) / "config.json").exists():
+    # A removed workdir does not fail a save: orbax makes the directories again, and the metrics
+    # file writes on into its unlinked inode. The config written at the start is the witness.
+    raise UserError(f"workdir {workdir} vanished during the run (its config.json is gone); training stopped. "
+                    "Restore the directory and rerun to resume, or start again with a new --workdir")
   host = parallel.host_state(state, mode)
   meta = {"step": step, "skipped": int(host.skipped), "rng": checkpoint.rng_to_json(rng)}
   # Process 0 writes the JSON items, so it saves every host's position in its data shard.
