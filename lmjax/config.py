@@ -98,6 +98,7 @@ def base_config() -> ml_collections.ConfigDict:
       max_predictions=20,         # MLM predictions per row; 0 = score all L positions
       z_loss=0.0,
       label_smoothing=0.0,
+      electra_weight=50.0,        # electra: lambda, the discriminator loss's weight (Clark et al. 2020)
   ))
   c.optim = ml_collections.ConfigDict(dict(
       name="adamw",               # optim.OPTIMIZERS: "adamw", "adafactor", "lion"

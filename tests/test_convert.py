@@ -143,6 +143,29 @@ def test_gpt2_export_round_trip_from_scanned_layers(gpt2, tmp_path):
   assert max_diff(torch_gpt2(back, ids_BxL, mask_BxL), want, mask_BxL.astype(bool)) < TOL
 
 
+def test_electra_exports_its_discriminator_as_a_bert_encoder(tmp_path, capsys):
+  cfg = model_config(dict(preset="bert-tiny", vocab_size=120, hidden=32, num_layers=2, num_heads=2, mlp_dim=64,
+                          max_len=64, heads=("rtd",), init_std=0.2, scan_layers=True))
+  config = {"model": dataclasses.asdict(cfg)}
+  params = init_params(cfg, jax.random.key(0))
+  (tmp_path / "work").mkdir()
+  write_config(tmp_path / "work", config)
+  save_params(tmp_path / "work", params, config)
+  main(["convert", "--to-hf", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
+  summary = capsys.readouterr().out
+  assert "(BertModel, left out ELECTRA's generator (" in summary and "ELECTRA's rtd_head (4 tensors)" in summary
+  back = transformers.BertModel.from_pretrained(tmp_path / "out").eval()
+  ids_BxL, mask_BxL, types_BxL = bert_batch()
+  with torch.no_grad():
+    want_BxLxD = back(input_ids=torch.tensor(ids_BxL), attention_mask=torch.tensor(mask_BxL),
+                      token_type_ids=torch.tensor(types_BxL)).last_hidden_state.numpy()
+  model, params = lmjax.load(tmp_path / "work")   # the discriminator reads the ids as they are
+  out = model.apply({"params": params}, jnp.asarray(ids_BxL), attention_mask=jnp.asarray(mask_BxL),
+                    token_type_ids=jnp.asarray(types_BxL))
+  assert out.rtd_input_ids is None and out.rtd_logits is not None
+  assert max_diff(out.hidden, want_BxLxD, mask_BxL.astype(bool)) < TOL
+
+
 SENTENCES = ["The quick brown fox jumps over the lazy dog.",
              "Transformers learn contextual representations of words.",
              "It rained all day, so we stayed inside and read.",

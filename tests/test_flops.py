@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lmjax import models, objectives
+from lmjax.models import electra
 from lmjax.objectives import Settings
 from lmjax.training import flops, optim, parallel, steps
 
@@ -30,7 +31,10 @@ def xla_flops(cfg, name, max_predictions):
     batch = {"input_ids": ids, "attention_mask": ones, "token_type_ids": zeros, "nsp_label": np.zeros(B, np.int32),
              "label": np.zeros(B, np.int32), "start_position": np.zeros(B, np.int32),
              "end_position": np.zeros(B, np.int32)}
-  cost = jax.jit(step).lower(state, batch, jax.random.key(1)).compile().cost_analysis()
+  return cost_flops(jax.jit(step).lower(state, batch, jax.random.key(1)).compile().cost_analysis())
+
+
+def cost_flops(cost) -> float:
   return (cost[0] if isinstance(cost, list) else cost)["flops"]
 
 
@@ -38,7 +42,7 @@ def xla_flops(cfg, name, max_predictions):
 @pytest.mark.parametrize("name, heads, max_predictions", [
     ("clm", (), 0), ("seq2seq", (), 0), ("prefix_lm", (), 0), ("mlm", ("mlm",), 0), ("mlm", ("mlm",), 20),
     ("mlm_nsp", ("mlm", "nsp"), 20), ("classify", ("classify",), 0), ("span", ("span",), 0),
-    ("classify_decoder", ("classify",), 0),
+    ("classify_decoder", ("classify",), 0), ("electra", ("rtd",), 20),
 ])
 def test_step_flops_match_xla_cost_analysis(name, heads, max_predictions):
   causal = name in ("clm", "seq2seq", "prefix_lm", "classify_decoder")
@@ -49,6 +53,12 @@ def test_step_flops_match_xla_cost_analysis(name, heads, max_predictions):
   objective = objectives.get(name, cfg)
   counted = flops.train_flops_per_token(cfg, L, objective.heads, max_predictions, objective.prefix) * B * L
   compiled = xla_flops(cfg, name, max_predictions)
+  if name == "electra":
+    # ELECTRA's draw (threefry bits and a Gumbel max over B x M x V) is elementwise work, left out of
+    # the count like the rest, but here 1-4% of the step on its own: take XLA's own count of it out.
+    M = max_predictions or L
+    draw = jax.jit(electra.sample).lower(np.zeros((B, 2), np.uint32), np.zeros((B, M, V), np.float32))
+    compiled -= cost_flops(draw.compile().cost_analysis())
   # Matmuls only: XLA also counts the elementwise work (softmax, norms, GELU, Adam), a few percent.
   assert 0.94 * compiled <= counted <= compiled, (counted / 1e9, compiled / 1e9)
 

@@ -15,12 +15,15 @@ causal mask) and tied copies (an LM head equal to the embeddings) carry no weigh
 A bare BertModel's pooler (all-MiniLM-L6-v2 ships one) is kept as params["pooler"] although the
 model has no head that reads it yet: `lmjax finetune` grafts it into the classify head's pooler,
 `lmjax.load` returns it (flax ignores params a model does not use), and export writes it back.
+An ELECTRA model ("rtd" head) exports its discriminator as a BERT encoder; the generator and the
+rtd head (pretraining only) are left out, and the summary line names them.
 Hub layouts: BertModel, BertForMaskedLM, BertForPreTraining, GPT2Model, GPT2LMHeadModel, with or
 without the "bert."/"transformer." prefix, and the old LayerNorm names gamma/beta.
 tests/test_convert.py pins logit parity with transformers both ways.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import shutil
@@ -392,8 +395,16 @@ def export_hf(workdir, out) -> str:
     raise UserError(f"--out {out} already exists and is not empty; choose a new directory")
   cfg = model_config(read_config(workdir)["model"])
   model_type = "gpt2" if cfg.causal else "bert"
-  hf_cfg = (gpt2_config if cfg.causal else bert_config)(cfg)
   params = restore_params(workdir)
+  left_out = ""
+  if "rtd" in cfg.heads:
+    # ELECTRA: the discriminator is the model to keep (the paper fine-tunes it); the generator and
+    # the replaced-token head serve pretraining only, and BERT has no place for them.
+    dropped = {k: len(jax.tree.leaves(params[k])) for k in ("generator", "rtd_head") if k in params}
+    params = {k: v for k, v in params.items() if k not in dropped}
+    cfg = dataclasses.replace(cfg, heads=tuple(h for h in cfg.heads if h != "rtd"))
+    left_out = ", left out " + ", ".join(f"ELECTRA's {k} ({n} tensors)" for k, n in dropped.items())
+  hf_cfg = (gpt2_config if cfg.causal else bert_config)(cfg)
   if "layers" in params["stack"]:
     params = unstack_layers(params, cfg.num_layers)
   flat = flatten(jax.tree.map(np.asarray, params))
@@ -422,7 +433,7 @@ def export_hf(workdir, out) -> str:
     if created:
       shutil.rmtree(out, ignore_errors=True)
     raise
-  return f"{workdir} -> {out} ({hf_cfg['architectures'][0]})"
+  return f"{workdir} -> {out} ({hf_cfg['architectures'][0]}{left_out})"
 
 
 def refuse(cfg, checks) -> None:

@@ -8,6 +8,11 @@ Heads exist only when named in cfg.heads; their outputs are None otherwise.
 `max_predictions_per_seq` does, so the V-wide projection runs on M, not L, tokens.
 `row_ids` (B): the rows' indices in the global batch, which dropout masks are drawn from
 (default 0..B-1); training passes them so masks do not depend on the device layout.
+ELECTRA ("rtd" in cfg.heads, models/electra.py): given `sample_keys` (B x 2 key data) and
+`replace_mask` (B x L), a generator fills the replaced positions of input_ids with samples
+and this encoder, the discriminator, reads the result: out.logits are then the generator's,
+out.rtd_input_ids the sequence the discriminator read, out.rtd_logits (B x L) its verdicts.
+Without sample_keys the discriminator reads input_ids as they are (probing, hidden states).
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmjax.models import xla_cpu
+from lmjax.models import electra, xla_cpu
 from lmjax.models.layers import (Dropout, Embed, Norm, Stack, TransformerConfig, dense_init, make_attention_mask,
                                  zeros_init)
 
@@ -32,6 +37,8 @@ class EncoderOutput:
   class_logits: jax.Array | None = None  # B x C
   start_logits: jax.Array | None = None  # B x L, QA span start
   end_logits: jax.Array | None = None    # B x L
+  rtd_logits: jax.Array | None = None    # B x L, ELECTRA's discriminator: > 0 = "replaced"
+  rtd_input_ids: jax.Array | None = None  # B x L, the generator's samples in place: what it read
 
 
 class Encoder(nn.Module):
@@ -39,7 +46,8 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, positions=None,
-               segment_ids=None, mlm_positions=None, deterministic: bool = True, row_ids=None):
+               segment_ids=None, mlm_positions=None, deterministic: bool = True, row_ids=None,
+               sample_keys=None, replace_mask=None):
     cfg = self.cfg
     ids_BxL = input_ids
     B, L = ids_BxL.shape
@@ -49,17 +57,31 @@ class Encoder(nn.Module):
     mask = make_attention_mask(valid_BxL, False, query_segment_BxL=segment_ids, key_segment_BxS=segment_ids)
 
     embed = Embed(cfg, name="embed")
-    x_BxLxD = embed(ids_BxL, positions_BxL, token_type_ids)
-    if not cfg.pre_ln:
-      x_BxLxD = Norm(cfg, name="embed_norm")(x_BxLxD)
-    x_BxLxD = Dropout(cfg.dropout_rate)(x_BxLxD, row_ids_B, deterministic)
+    embed_norm = None if cfg.pre_ln else Norm(cfg, name="embed_norm")
+
+    def embed_ids(ids_BxL):   # ELECTRA's generator reads the same embeddings
+      x_BxLxD = embed(ids_BxL, positions_BxL, token_type_ids)
+      x_BxLxD = x_BxLxD if embed_norm is None else embed_norm(x_BxLxD)
+      return Dropout(cfg.dropout_rate)(x_BxLxD, row_ids_B, deterministic)
+
+    out = {}
+    # init passes ids alone: the generator still runs then, so its params exist.
+    if "rtd" in cfg.heads and (sample_keys is not None or self.is_initializing()):
+      keys_Bx2 = jnp.zeros((B, 2), jnp.uint32) if sample_keys is None else sample_keys
+      replace_BxL = jnp.zeros((B, L), bool) if replace_mask is None else replace_mask.astype(bool)
+      generator = electra.Generator(cfg, MlmHead, name="generator")
+      out["logits"] = logits_BxMxV = generator(embed_ids(ids_BxL), mask, positions_BxL, row_ids_B, deterministic,
+                                               embed, mlm_positions)
+      ids_BxL = electra.corrupt(ids_BxL, replace_BxL, electra.sample(keys_Bx2, logits_BxMxV), mlm_positions)
+      out["rtd_input_ids"] = ids_BxL
+    x_BxLxD = embed_ids(ids_BxL)
     x_BxLxD, _ = Stack(cfg, name="stack")(x_BxLxD, mask, positions_BxL, row_ids_B, deterministic)
     if cfg.pre_ln:
       x_BxLxD = Norm(cfg, name="final_norm")(x_BxLxD)
 
     dense = functools.partial(nn.Dense, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype,
                               bias_init=zeros_init(None), dot_general=xla_cpu.dense_dot_general)
-    out = {"hidden": x_BxLxD}
+    out["hidden"] = x_BxLxD
     if {"nsp", "classify"} & set(cfg.heads):
       pooler = dense(cfg.hidden, kernel_init=dense_init(cfg, "embed", None), name="pooler")
       out["pooled"] = pooled_BxD = jnp.tanh(pooler(x_BxLxD[:, 0]))
@@ -75,6 +97,8 @@ class Encoder(nn.Module):
       if mlm_positions is not None:
         h_BxMxD = jnp.take_along_axis(x_BxLxD, mlm_positions[..., None], axis=1)
       out["logits"] = MlmHead(cfg, name="mlm_head")(h_BxMxD, embed)
+    if "rtd" in cfg.heads:
+      out["rtd_logits"] = electra.RtdHead(cfg, name="rtd_head")(x_BxLxD)
     if "span" in cfg.heads:
       span_BxLx2 = dense(2, kernel_init=dense_init(cfg, "embed", None), name="span_head")(x_BxLxD)
       span_BxLx2 = span_BxLx2.astype(jnp.float32)

@@ -30,7 +30,7 @@ ATTENTION = ("auto", "xla", "cudnn", "einsum")
 REMAT = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
 PARAM_DTYPES = ("float32", "bfloat16")
-HEADS = ("mlm", "nsp", "classify", "span")
+HEADS = ("mlm", "nsp", "classify", "span", "rtd")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +52,9 @@ class TransformerConfig:
   activation: str = "gelu"
   use_bias: bool = True
   tie_embeddings: bool = True
-  heads: tuple = ()             # encoder heads: "mlm", "nsp", "classify", "span"; decoder: "classify"
+  heads: tuple = ()             # encoder heads: "mlm", "nsp", "classify", "span", "rtd"; decoder: "classify"
   num_labels: int = 2           # classify head width
+  generator_fraction: float = 0.25  # "rtd" (ELECTRA): the generator's width / this model's (models/electra.py)
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
   init_std: float = 0.02
@@ -77,7 +78,11 @@ class TransformerConfig:
     bad = set(self.heads) - set(HEADS)
     if bad:
       raise ValueError(f"model.heads has {sorted(bad)}; valid heads are {', '.join(HEADS)}")
-    if self.causal and set(self.heads) & {"mlm", "nsp", "span"}:
+    if {"rtd", "mlm"} <= set(self.heads):
+      raise ValueError("model.heads has both rtd and mlm; an ELECTRA model's MLM head is its generator's: drop mlm")
+    if "rtd" in self.heads and not 0 < self.generator_fraction <= 1:
+      raise ValueError(f"model.generator_fraction={self.generator_fraction} must be in (0, 1]; ELECTRA uses 0.25")
+    if self.causal and set(self.heads) & {"mlm", "nsp", "span", "rtd"}:
       raise ValueError(f"a decoder (model.causal=True) cannot have heads {self.heads}; use an encoder "
                        "(a decoder takes classify only)")
 

@@ -9,7 +9,7 @@ See common.py for the two functions every objective provides.
 from __future__ import annotations
 
 from lmjax.errors import UserError
-from lmjax.objectives import classify, clm, mlm, nsp, prefix_lm, seq2seq, sop, span
+from lmjax.objectives import classify, clm, electra, mlm, nsp, prefix_lm, seq2seq, sop, span
 from lmjax.objectives.common import Objective, Settings, cross_entropy_sums
 
 OBJECTIVES = {
@@ -17,6 +17,7 @@ OBJECTIVES = {
     "mlm": mlm.OBJECTIVE,
     "mlm_nsp": nsp.OBJECTIVE,   # BERT's joint MLM + NSP loss
     "mlm_sop": sop.OBJECTIVE,   # ALBERT's MLM + sentence-order prediction
+    "electra": electra.OBJECTIVE,  # ELECTRA: generator MLM + lambda x replaced-token detection
     "prefix_lm": prefix_lm.OBJECTIVE,  # decoder: bidirectional prefix, causal LM loss after a random split
     "classify": classify.OBJECTIVE,   # fine-tuning: sentence classification on [CLS]
     "span": span.OBJECTIVE,           # fine-tuning: extractive QA

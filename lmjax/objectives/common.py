@@ -31,6 +31,7 @@ class Settings:
   max_predictions: int = 0          # MLM: M prediction slots per row; 0 = score all L positions
   z_loss: float = 0.0               # PaLM's z_loss * log(Z)^2, keeps the softmax normaliser near 1
   label_smoothing: float = 0.0
+  electra_weight: float = 50.0      # ELECTRA: lambda, the discriminator loss's weight beside the generator's MLM
   mask_id: int = 4                  # lmjax tokenizers: 4; BERT's vocab: 103
   special_ids: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6)  # never masked, never a random replacement
   vocab_size: int = 0

@@ -12,6 +12,10 @@ PaLM's MFU leaves it out). What runs depends on the objective, so the count does
              NSP's or a classifier's output on one position per row; the span head on every
              position. A head whose output the objective does not read is not computed (XLA
              removes it), and is not counted.
+  ELECTRA:   the generator's projection from D to its width G (when they differ), its stack and
+             attention at width G, and its MLM head (transform G -> D + V x D) on the M positions;
+             the discriminator's rtd head (D x D + D) on every position. Its gradient is a full
+             backward too (the generator trains on its MLM loss), so it is x 6 like the rest.
 tests/test_flops.py checks the count against XLA's cost analysis of the compiled step.
 """
 from __future__ import annotations
@@ -21,6 +25,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from lmjax.models.electra import generator_config
 from lmjax.models.layers import TransformerConfig, attention_implementation, causal_query_blocks
 
 # bf16 dense peak per chip (vendor figures, no sparsity).
@@ -62,6 +67,12 @@ def train_flops_per_token(cfg: TransformerConfig, seq_len: int, heads: tuple = (
       head += d * d / L   # the pooler, on [CLS]
     head += (2 * d / L if "nsp" in used else 0) + (cfg.num_labels * d / L if "classify" in used else 0)
     head += 2 * d if "span" in used else 0
+    if "rtd" in used:
+      gen = generator_config(cfg)
+      g, predicted = gen.hidden, (min(max_predictions, L) / L if max_predictions else 1.0)
+      head += n * (4 * g * g + mlp_mats * g * gen.mlp_dim) + n * 2 * L * g   # the generator's body, attention
+      head += (d * g if g != d else 0) + (g * d + v * d) * predicted        # its projection and MLM head
+      head += d * d + d                                                      # the discriminator's rtd head
   return 6.0 * (body + head + attention)
 
 
