@@ -22,6 +22,7 @@ import jax
 from lmjax import checkpoint, paths
 from lmjax.compare.study import Arm, Plan
 from lmjax.data import sources, tokenizer as tokenizers
+from lmjax.errors import UserError
 from lmjax.tasks import finetune
 from lmjax.training import evaluate, loop, steps
 from lmjax.training.metrics import MetricsWriter, step_of
@@ -41,9 +42,11 @@ def is_done(workdir, arm: str, seed: int) -> bool:
 def run_one(plan: Plan, workdir, arm_name: str, seed: int) -> dict:
   """Pretrain, held-out figures, probe; returns the run's record (and writes it as result.json)."""
   d = run_dir(workdir, arm_name, seed)
-  if is_done(workdir, arm_name, seed):
-    return json.loads((d / "result.json").read_text())
   arm = plan.arms[arm_name]
+  if is_done(workdir, arm_name, seed):
+    result = json.loads((d / "result.json").read_text())
+    check_steps(result, arm, d)
+    return result
   cfg = arm.run_config(seed)
   pretrain = d / "pretrain"
   share_tokenizer(workdir, cfg, pretrain)
@@ -61,6 +64,12 @@ def run_one(plan: Plan, workdir, arm_name: str, seed: int) -> dict:
     tmp.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     tmp.replace(d / "result.json")
   return result
+
+
+def check_steps(result: dict, arm: Arm, where) -> None:
+  if result["steps"] != arm.cfg.train.steps:
+    raise UserError(f"{where} finished with {result['steps']} steps; this study's budget gives arm {arm.name} "
+                    f"{arm.cfg.train.steps}: a changed budget is a new study, give it a new --workdir")
 
 
 def share_tokenizer(workdir, cfg, pretrain) -> None:
@@ -142,4 +151,7 @@ def record(plan: Plan, arm_name: str, seed: int, workdir) -> dict:
 
 def finished(plan: Plan, workdir) -> list[dict]:
   """The records of the study's finished runs, re-read from their metrics.jsonl."""
-  return [record(plan, arm, seed, workdir) for arm, seed in plan.runs() if is_done(workdir, arm, seed)]
+  records = [record(plan, arm, seed, workdir) for arm, seed in plan.runs() if is_done(workdir, arm, seed)]
+  for r in records:
+    check_steps(r, plan.arms[r["arm"]], run_dir(workdir, r["arm"], r["seed"]))
+  return records
