@@ -93,35 +93,36 @@ def _train(cfg, workdir, init_params, source) -> dict:
   train_iter = batches(run, "train")
 
   mngr = checkpoint.open_manager(workdir, keep=t.keep, best_metric=t.best_metric)
-  start = resume(mngr, workdir, state, train_iter, mode)
-  if start is not None:
-    state = start
-  elif init_params is not None:  # fine-tuning: pretrained params where paths match, fresh optimizer state
-    host = parallel.host_state(state, mode)
-    params = graft(host.params, init_params)
-    host = jax.tree.map(np.asarray, host.replace(params=params, opt_state=tx.init(params)))
-    state = parallel.place_state(host, mode, mesh, run.model_cfg, tx)
-  step = int(parallel.host_state(state, mode).step)
-  if jax.process_index() == 0:
-    # Written once the config has proved valid and the state to resume has been read.
-    record_config(workdir, cfg, step)
-  train_step = parallel.compile_train_step(step_fn, mode, state, mesh)
-  eval_step = parallel.compile_eval_step(eval_fn, mode, mesh)
+  preempt = progress = writer = None
+  try:   # from here on, every way out closes the manager (finally, below)
+    start = resume(mngr, workdir, state, train_iter, mode)
+    if start is not None:
+      state = start
+    elif init_params is not None:  # fine-tuning: pretrained params where paths match, fresh optimizer state
+      host = parallel.host_state(state, mode)
+      params = graft(host.params, init_params)
+      host = jax.tree.map(np.asarray, host.replace(params=params, opt_state=tx.init(params)))
+      state = parallel.place_state(host, mode, mesh, run.model_cfg, tx)
+    step = int(parallel.host_state(state, mode).step)
+    if jax.process_index() == 0:
+      # Written once the config has proved valid and the state to resume has been read.
+      record_config(workdir, cfg, step)
+    train_step = parallel.compile_train_step(step_fn, mode, state, mesh)
+    eval_step = parallel.compile_eval_step(eval_fn, mode, mesh)
 
-  writer = MetricsWriter(workdir, resume_step=step)
-  tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
-  flops_per_token = train_flops_per_token(run.model_cfg, cfg.data.seq_len, run.objective.heads,
-                                          cfg.objective.max_predictions, run.objective.prefix)
-  peak, peak_source = peak_flops()
-  devices = jax.device_count()
-  log_start(run, workdir, state, flops_per_token, step)
+    writer = MetricsWriter(workdir, resume_step=step)
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    flops_per_token = train_flops_per_token(run.model_cfg, cfg.data.seq_len, run.objective.heads,
+                                            cfg.objective.max_predictions, run.objective.prefix)
+    peak, peak_source = peak_flops()
+    devices = jax.device_count()
+    log_start(run, workdir, state, flops_per_token, step)
 
-  preempt = Preemption()
-  progress = Progress(step, t.steps, t.log_every)
-  pending = None          # (step, metrics on device): read one step late so the device stays busy
-  eval_metrics = {}
-  clock = Clock(step, tokens_per_step, flops_per_token, peak * devices)
-  try:
+    preempt = Preemption()
+    progress = Progress(step, t.steps, t.log_every)
+    pending = None          # (step, metrics on device): read one step late so the device stays busy
+    eval_metrics = {}
+    clock = Clock(step, tokens_per_step, flops_per_token, peak * devices)
     while step < t.steps and preempt.signal is None:
       batch = parallel.put_batch(next(train_iter), mode, mesh)
       state, metrics = train_step(state, batch, rng)
@@ -154,14 +155,22 @@ def _train(cfg, workdir, init_params, source) -> dict:
   except NonFinite as e:
     raise UserError(str(e)) from None
   finally:
-    preempt.restore()
-    progress.close()
-    writer.close()
+    if preempt is not None:
+      preempt.restore()
+    if progress is not None:
+      progress.close()
+    if writer is not None:
+      writer.close()
     try:
       mngr.wait_until_finished()   # a save still running when something else failed; its error was said
     except Exception:  # noqa: BLE001
       pass
-  mngr.close()
+    # Closed on every way out: a manager left to the garbage collector (after a stop, a full disk)
+    # shuts its writer threads down whenever it is collected, in some later run of the process.
+    try:
+      mngr.close()
+    except Exception:  # noqa: BLE001
+      pass
   return eval_metrics
 
 
