@@ -8,7 +8,26 @@ detection (its generator a quarter of the discriminator's width, lambda = 50), a
 SpanBERT's span masking. Each arm trains for the same FLOPs (the generator's counted), two seeds
 each, then the same SST-2 probe from each (experiments/sst2_probe.py).
 
-MEASURED: (filled in from report.md once the study has run)
+Measured on 2 CPU cores (2026-11-30; 59 minutes with the cores shared with test runs, about 40
+alone; report, results and every run's metrics.jsonl in experiments/results/compare_bert_objectives/):
+6.5e12 FLOPs per run give the MLM arms 486 steps (1.99M tokens) and ELECTRA 438 (its generator's
+FLOPs counted).
+
+| arm      | steps | held-out MLM loss | SST-2 probe accuracy | vs mlm (95% CI)          |
+|----------|-------|-------------------|----------------------|--------------------------|
+| mlm      | 486   | 6.280 ± 0.026     | 74.50 ± 0.62         | baseline                 |
+| electra  | 438   | n/a               | 62.97 ± 5.2          | -11.5 [-55.7, +32.6] ≈   |
+| mlm_nsp  | 486   | 6.357 ± 0.009     | 73.09 ± 0.15         | -1.42 [-5.90, +3.07] ≈   |
+| mlm_sop  | 486   | 6.356 ± 0.11      | 74.88 ± 0.13         | +0.38 [-4.34, +5.10] ≈   |
+| mlm_span | 486   | 6.274 ± 0.078     | 74.82 ± 0.51         | +0.32 [-2.21, +2.84] ≈   |
+
+Every difference to MLM alone is within the noise of two seeds (≈: the 95% interval includes zero;
+with two seeds the t interval is wide). What the table does show: ELECTRA's discriminator had not
+started to learn in 438 steps (its rtd_accuracy, 0.855, equals 1 - the replaced share, 0.145: it
+calls every token original, the generator being too weak to fool it) and probes worst and most
+variably; NSP and SOP cost a little masked-token loss (6.36 against 6.28) at equal FLOPs. ELECTRA's
+paper trains for 1M steps; a fair ELECTRA comparison needs at least the step counts where its
+discriminator leaves the base rate.
 """
 import ml_collections
 
