@@ -137,6 +137,10 @@ def record(plan: Plan, arm_name: str, seed: int, workdir) -> dict:
   last = train[-1]
   held = [l for l in pre if l["split"] == "held_out"][-1]
   task = [l for l in probe if l["split"] == "task"][-1]
+  if plan.probe_metric not in task:
+    scores = sorted(k for k in task if k not in ("step", "split"))
+    raise UserError(f"study.probe.metric={plan.probe_metric!r} is not one of the probe's scores {scores}; "
+                    "set it to one of them and rerun (finished runs are kept)")
   curve = [[l["train_flops"], l["loss"]] for l in pre if l["split"] == "eval"]
   seconds, prev = 0.0, 0
   for l in train:   # training time only (evaluation and saving excluded), as the loop measured it
