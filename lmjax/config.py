@@ -186,7 +186,10 @@ def apply_settings(cfg: ml_collections.ConfigDict, settings, where: str) -> None
       node[leaf] = checked_value(key, value, node[leaf])
     except ConfigError as e:
       raise ConfigError(f"{where}: {e}") from None
-  check_choices(cfg)
+  try:
+    check_choices(cfg)
+  except ConfigError as e:
+    raise ConfigError(f"{where}: {e}") from None
 
 
 def checked_value(key: str, value: Any, old: Any) -> Any:

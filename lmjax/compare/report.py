@@ -99,8 +99,9 @@ def markdown(results: dict, records: list[dict]) -> str:
             "arm (bits per byte needs a decoder; the MLM loss needs an MLM head).", "",
             "![validation loss against training FLOPs](loss_vs_flops.png)", "",
             f"![probe {metric} per arm](probe.png)", "",
-            "Every figure is read from runs/ARM/seed_S/pretrain/metrics.jsonl (train, eval and held_out lines) and "
-            "runs/ARM/seed_S/probe/metrics.jsonl (the task line)."]
+            "Steps, FLOPs, tokens, losses and scores are read from runs/ARM/seed_S/pretrain/metrics.jsonl (train, "
+            "eval and held_out lines) and runs/ARM/seed_S/probe/metrics.jsonl (the task line); params are counted "
+            "from each arm's model config; train time adds up the throughput logged in the train lines."]
   return "\n".join(lines) + "\n"
 
 

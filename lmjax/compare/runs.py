@@ -44,11 +44,15 @@ def run_one(plan: Plan, workdir, arm_name: str, seed: int) -> dict:
   d = run_dir(workdir, arm_name, seed)
   arm = plan.arms[arm_name]
   if is_done(workdir, arm_name, seed):
-    result = json.loads((d / "result.json").read_text())
+    result = record(plan, arm_name, seed, workdir)   # re-read: the figures the study asks for now
     check_steps(result, arm, d)
     return result
   cfg = arm.run_config(seed)
   pretrain = d / "pretrain"
+  for where, steps_now in ((pretrain, cfg.train.steps), (d / "probe", plan.probe.train.steps)):
+    if (where / "config.json").exists() and checkpoint.read_config(where)["train"]["steps"] != steps_now:
+      raise UserError(f"{where} was started for {checkpoint.read_config(where)['train']['steps']} steps; this "
+                      f"study now asks {steps_now}: a changed budget or probe is a new study, give it a new --workdir")
   share_tokenizer(workdir, cfg, pretrain)
   loop.train(cfg, pretrain)
   if jax.process_index() == 0:
@@ -89,7 +93,8 @@ def share_tokenizer(workdir, cfg, pretrain) -> None:
     try:
       tmp.rename(shared)
     except OSError:   # another job finished first: theirs is the same tokenizer
-      pass
+      if not tokenizers.has_tokenizer(str(shared)):
+        raise
   finetune.copy_tokenizer(shared, pretrain)
 
 
@@ -114,7 +119,8 @@ def held_out(plan: Plan, arm: Arm, cfg, pretrain) -> dict:
     return {"bits_per_byte": bpb["bits_per_byte"], "bytes": float(bpb["bytes"])}
   if "mlm" not in cfg.model.heads:
     return {}
-  cfg.objective.update(name="mlm", masking="token", mask_rate=0.15)
+  # max_predictions 0: no cap on the 15%, so arms with other slot counts still draw the same masks.
+  cfg.objective.update(name="mlm", masking="token", mask_rate=0.15, max_predictions=0)
   run = setup(cfg, pretrain)
   eval_step = jax.jit(functools.partial(steps.eval_step, model=run.model, objective=run.objective,
                                         settings=run.settings))
@@ -133,10 +139,15 @@ def record(plan: Plan, arm_name: str, seed: int, workdir) -> dict:
   d = run_dir(workdir, arm_name, seed)
   arm = plan.arms[arm_name]
   pre, probe = read_lines(d / "pretrain"), read_lines(d / "probe")
-  train = [l for l in pre if l["split"] == "train"]
-  last = train[-1]
-  held = [l for l in pre if l["split"] == "held_out"][-1]
-  task = [l for l in probe if l["split"] == "task"][-1]
+
+  def lines_of(lines, split, where):
+    found = [l for l in lines if l["split"] == split]
+    if not found:
+      raise UserError(f"{where / 'metrics.jsonl'} has no {split!r} line; delete {d / 'result.json'} (if any) "
+                      "and rerun the study to redo this run's missing stage")
+    return found
+  train = lines_of(pre, "train", d / "pretrain")
+  held, task = lines_of(pre, "held_out", d / "pretrain")[-1], lines_of(probe, "task", d / "probe")[-1]
   if plan.probe_metric not in task:
     scores = sorted(k for k in task if k not in ("step", "split"))
     raise UserError(f"study.probe.metric={plan.probe_metric!r} is not one of the probe's scores {scores}; "
@@ -146,8 +157,9 @@ def record(plan: Plan, arm_name: str, seed: int, workdir) -> dict:
   for l in train:   # training time only (evaluation and saving excluded), as the loop measured it
     seconds += (l["step"] - prev) * arm.tokens_per_step / l["tokens_per_s"] if l["tokens_per_s"] > 0 else 0.0
     prev = l["step"]
-  return {"arm": arm_name, "seed": seed, "steps": last["step"], "params": arm.params,
-          "train_flops": last["train_flops"], "tokens": last["tokens"],
+  final = train[-1]
+  return {"arm": arm_name, "seed": seed, "steps": final["step"], "params": arm.params,
+          "train_flops": final["train_flops"], "tokens": final["tokens"],
           "held_out": {k: v for k, v in held.items() if k not in ("step", "split")},
           "probe": {plan.probe_metric: task[plan.probe_metric]},
           "eval_curve": curve, "train_seconds": round(seconds, 1)}

@@ -30,7 +30,7 @@ BUDGETS = ("flops", "tokens", "steps")
 @dataclasses.dataclass(frozen=True)
 class Arm:
   name: str
-  cfg: ml_collections.ConfigDict   # the run config of seed 0's run, steps set from the budget
+  cfg: ml_collections.ConfigDict   # the arm's run config, steps set from the budget; run_config sets the seed
   flops_per_token: float
   tokens_per_step: int
   params: int
@@ -69,35 +69,68 @@ def plan(cfg: ml_collections.ConfigDict, name: str = "study") -> Plan:
     raise ConfigError("this config has no study section; lmjax compare takes a study config such as "
                       "experiments/compare_bert_objectives.py")
   s = cfg.study
-  arms_cfg = dict(s.get("arms", {}))
+  sections = (dict, ml_collections.ConfigDict)
+  arms_cfg = dict(need(s, "arms", sections, "a dict of arm name -> {section: {key: value}} changes"))
   if not arms_cfg:
-    raise ConfigError("study.arms is empty; name at least two arms, each {section: {key: value}} changes")
-  if s.baseline not in arms_cfg:
-    raise ConfigError(f"study.baseline={s.baseline!r} is not one of the arms {sorted(arms_cfg)}")
-  seeds = tuple(int(x) for x in s.seeds)
-  if not seeds or len(set(seeds)) != len(seeds):
-    raise ConfigError(f"study.seeds={list(s.seeds)} must be one or more distinct integers")
-  budget = [(k, float(s.budget.get(k, 0) or 0)) for k in BUDGETS if s.budget.get(k, 0)]
+    raise ConfigError("study.arms is empty; name the arms, each {section: {key: value}} changes")
+  for arm, changes in arms_cfg.items():
+    if not isinstance(changes, sections):
+      raise ConfigError(f"study arm {arm!r} is {changes!r}; an arm is a dict {{section: {{key: value}}}} ({{}} = the shared config)")
+    if "seed" in changes or "steps" in changes.get("train", {}):
+      raise ConfigError(f"study arm {arm!r} sets seed or train.steps; those come from study.seeds and study.budget")
+  baseline = need(s, "baseline", str, "the name of the arm the others are compared with")
+  if baseline not in arms_cfg:
+    raise ConfigError(f"study.baseline={baseline!r} is not one of the arms {sorted(arms_cfg)}")
+  seeds = need(s, "seeds", (tuple, list), "a list of distinct integers")
+  if not seeds or len(set(seeds)) != len(seeds) or not all(type(x) is int for x in seeds):
+    raise ConfigError(f"study.seeds={list(seeds)} must be one or more distinct integers")
+  seeds = tuple(seeds)
+  budget_cfg = need(s, "budget", sections, f"a dict with one of {list(BUDGETS)} > 0")
+  numbers = {k: budget_cfg.get(k, 0) for k in BUDGETS}
+  if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers.values()):
+    raise ConfigError(f"study.budget={dict(budget_cfg)}: its values must be numbers")
+  budget = [(k, float(v)) for k, v in numbers.items() if v]
   if len(budget) != 1 or budget[0][1] <= 0:
-    raise ConfigError(f"study.budget needs exactly one of {list(BUDGETS)} > 0; it holds {dict(s.budget)}")
+    raise ConfigError(f"study.budget needs exactly one of {list(BUDGETS)} > 0; it holds {dict(budget_cfg)}")
+  counts = {k: s.get(k, default) for k, default in (("evals", 5), ("held_out_batches", 20), ("held_out_chars", 100_000))}
+  for k, v in counts.items():
+    if type(v) is not int or v < 1:
+      raise ConfigError(f"study.{k}={v!r} must be a positive integer")
+  probe_cfg = need(s, "probe", sections, "dict(config=FINETUNE_CONFIG, metric=SCORE, overrides={...})")
+  probe_config = need(probe_cfg, "config", str, "a fine-tuning config's name or path (e.g. sst2_probe)", "study.probe")
+  overrides = probe_cfg.get("overrides", {})
+  if not isinstance(overrides, sections):
+    raise ConfigError(f"study.probe.overrides={overrides!r} must be a dict {{section: {{key: value}}}}")
+  metric = probe_cfg.get("metric", "accuracy")
+  if not isinstance(metric, str):
+    raise ConfigError(f"study.probe.metric={metric!r} must be the name of one of the task's scores")
   shared = copy.deepcopy(cfg)
   del shared["study"]
   # The baseline first, then the others in the ConfigDict's (alphabetical) order: runs and report follow it.
-  order = [s.baseline] + [a for a in arms_cfg if a != s.baseline]
-  arms = {arm: make_arm(arm, shared, arms_cfg[arm], budget[0], int(s.get("evals", 5))) for arm in order}
-  probe = load_config(s.probe.config)
-  apply_settings(probe, s.probe.get("overrides", {}), "study.probe.overrides")
+  order = [baseline] + [a for a in arms_cfg if a != baseline]
+  arms = {arm: make_arm(arm, shared, arms_cfg[arm], budget[0], counts["evals"]) for arm in order}
+  probe = load_config(probe_config)
+  apply_settings(probe, overrides, "study.probe.overrides")
   if "task" not in probe or probe.task.get("name") not in tasks.TASKS:
-    raise ConfigError(f"study.probe.config={s.probe.config!r} is not a fine-tuning config (no task.name of "
+    raise ConfigError(f"study.probe.config={probe_config!r} is not a fine-tuning config (no task.name of "
                       f"{sorted(tasks.TASKS)})")
   for arm in arms.values():
     needs = objectives.OBJECTIVES[tasks.get(probe.task.name).OBJECTIVE].causal
     if needs is not None and needs != arm.causal:
       raise ConfigError(f"study arm {arm.name!r} trains a {'decoder' if arm.causal else 'encoder'}; the probe task "
                         f"{probe.task.name} needs {'a decoder' if needs else 'an encoder'}")
-  return Plan(name=name, arms=arms, seeds=seeds, baseline=s.baseline, budget=budget[0], probe=probe,
-              probe_metric=s.probe.get("metric", "accuracy"), held_out_batches=int(s.get("held_out_batches", 20)),
-              held_out_chars=int(s.get("held_out_chars", 100_000)))
+  return Plan(name=name, arms=arms, seeds=seeds, baseline=baseline, budget=budget[0], probe=probe,
+              probe_metric=metric, held_out_batches=counts["held_out_batches"],
+              held_out_chars=counts["held_out_chars"])
+
+
+def need(section, key: str, kinds, what: str, where: str = "study"):
+  """section[key], or a ConfigError saying what it must be."""
+  if key not in section:
+    raise ConfigError(f"{where}.{key} is missing; it is {what}")
+  if not isinstance(section[key], kinds):
+    raise ConfigError(f"{where}.{key}={section[key]!r}: it must be {what}")
+  return section[key]
 
 
 def make_arm(name: str, shared, changes, budget: tuple[str, float], evals: int) -> Arm:

@@ -94,6 +94,7 @@ def _train(cfg, workdir, init_params, source) -> dict:
 
   mngr = checkpoint.open_manager(workdir, keep=t.keep, best_metric=t.best_metric)
   preempt = progress = writer = None
+  closed = False
   try:   # from here on, every way out closes the manager (finally, below)
     start = resume(mngr, workdir, state, train_iter, mode)
     if start is not None:
@@ -152,6 +153,8 @@ def _train(cfg, workdir, init_params, source) -> dict:
       raise Stopped(f"stopped by {preempt.signal} at step {step}; checkpoint saved in "
                     f"{checkpoint.checkpoint_dir(workdir)}. Rerun the same command to resume.")
     wait_for_saves(mngr, workdir)
+    mngr.close()   # its errors, if any, are this run's: raised
+    closed = True
   except NonFinite as e:
     raise UserError(str(e)) from None
   finally:
@@ -167,10 +170,11 @@ def _train(cfg, workdir, init_params, source) -> dict:
       pass
     # Closed on every way out: a manager left to the garbage collector (after a stop, a full disk)
     # shuts its writer threads down whenever it is collected, in some later run of the process.
-    try:
-      mngr.close()
-    except Exception:  # noqa: BLE001
-      pass
+    if not closed:
+      try:
+        mngr.close()
+      except Exception:  # noqa: BLE001 -- the error on its way out is the one to say
+        pass
   return eval_metrics
 
 
@@ -284,9 +288,11 @@ def resume(mngr, workdir, state: TrainState, train_iter, mode: str):
 
 
 def save(mngr, workdir, state, mode, step, rng, data_state, cfg, metrics):
-  if jax.process_index() == 0 and not (paths.path(workdir) / "config.json").exists():
-    # A removed workdir does not fail a save: orbax makes the directories again, and the metrics
-    # file writes on into its unlinked inode. The config written at the start is the witness.
+  # A removed workdir does not fail a save: orbax makes the directories again, and the metrics
+  # file writes on into its unlinked inode. The config process 0 wrote at the start is the witness;
+  # every process learns its verdict, so none is left waiting in a collective.
+  vanished = jax.process_index() == 0 and not (paths.path(workdir) / "config.json").exists()
+  if any(distributed.allgather_json(vanished)):
     raise UserError(f"workdir {workdir} vanished during the run (its config.json is gone); training stopped. "
                     "Restore the directory and rerun to resume, or start again with a new --workdir")
   host = parallel.host_state(state, mode)
