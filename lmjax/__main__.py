@@ -14,6 +14,7 @@ import os
 import sys
 import warnings
 
+from lmjax import host_malloc
 from lmjax.errors import Stopped, UserError
 
 
@@ -242,6 +243,7 @@ def main(argv=None) -> None:
     parser().error(f"unrecognized arguments: {' '.join(unknown)}")
   if overrides and not hasattr(args, "config"):
     parser().error(f"{args.command} takes no --config overrides")
+  host_malloc.keep_freed_memory()   # XLA:CPU's per-step buffers stay in the process (-28% a small step)
   try:
     run(args, overrides)
   except UserError as e:

@@ -13,7 +13,7 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parent.parent
 IMPORT_GRAPH = REPO.parent / "shared" / "tools" / "import_graph.py"
 # Lowest first; the README's tour states the same layering.
-LAYERS = ("lmjax.errors, lmjax.paths < lmjax.models < lmjax.objectives, lmjax.data < lmjax.checkpoint < lmjax.training"
+LAYERS = ("lmjax.errors, lmjax.paths, lmjax.host_malloc < lmjax.models < lmjax.objectives, lmjax.data < lmjax.checkpoint < lmjax.training"
           " < lmjax.inference, lmjax.convert < lmjax.tasks, lmjax.bench < lmjax.config < lmjax.compare < lmjax.__main__")
 
 
