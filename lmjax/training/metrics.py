@@ -12,6 +12,7 @@ import jax
 
 from lmjax import paths
 from lmjax.errors import UserError
+from lmjax.training.tensorboard import EventWriter
 
 
 class MetricsWriter:
@@ -31,9 +32,7 @@ class MetricsWriter:
       self.lines = []
     # Object stores (gs://) cannot append: there the file is written whole at each line.
     self.file = None if paths.is_url(self.path) else self._guard(lambda: self.path.open("a"))
-    import tensorflow as tf  # only for its event-file writer; already loaded by TFDS
-    self.tf = tf
-    self.tb = tf.summary.create_file_writer(str(paths.path(workdir) / "tensorboard"))
+    self.tb = self._guard(lambda: EventWriter(paths.path(workdir) / "tensorboard"))
 
   def write(self, step: int, split: str, metrics: dict) -> None:
     if not self.enabled:
@@ -45,12 +44,8 @@ class MetricsWriter:
       self._guard(lambda: self.path.write_text("".join(l + "\n" for l in self.lines)))
     else:
       self._guard(lambda: (self.file.write(json.dumps(row) + "\n"), self.file.flush()))
-    def scalars():
-      with self.tb.as_default(step=int(step)):
-        for k, v in row.items():
-          if k not in ("step", "split") and math.isfinite(v):
-            self.tf.summary.scalar(f"{split}/{k}", v)
-    self._guard(scalars)
+    scalars = {f"{split}/{k}": v for k, v in row.items() if k not in ("step", "split") and math.isfinite(v)}
+    self._guard(lambda: self.tb.scalars(step, scalars))
 
   def close(self) -> None:
     if self.enabled:
@@ -58,16 +53,14 @@ class MetricsWriter:
         if self.file is not None:
           self.file.close()
         self.tb.close()
-      except (OSError, self.tf.errors.OpError):
+      except OSError:
         pass   # its error was said when the write failed
 
   def _guard(self, write):
-    """write(), or a one-line error when the disk is full, read-only or gone (TensorBoard's writer
-    raises TensorFlow's errors for the same faults)."""
-    tf_error = self.tf.errors.OpError if hasattr(self, "tf") else OSError
+    """write(), or a one-line error when the disk is full, read-only or gone."""
     try:
       return write()
-    except (OSError, tf_error) as e:
+    except OSError as e:
       why = getattr(e, "strerror", None) or ("No space left on device" if "No space left" in str(e) else
                                              str(e).strip().splitlines()[-1][-120:])
       raise UserError(f"cannot write {self.path.parent} ({why}); free space or fix the disk, then rerun "
