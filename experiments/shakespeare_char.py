@@ -32,5 +32,5 @@ def get_config():
   c.data.update(source="file", path=SHAKESPEARE, train_fraction=0.9, layout="stream", seq_len=64, batch_size=12)
   c.optim.update(name="adamw", lr=1e-3, schedule="cosine", warmup_steps=100, end_lr_ratio=0.1, weight_decay=0.1,
                  b1=0.9, b2=0.99, eps=1e-8, clip_norm=1.0)
-  c.train.update(steps=2000, log_every=100, eval_every=250, eval_batches=20, checkpoint_every=250, samples=1)
+  c.train.update(steps=2000, log_every=100, eval_every=250, eval_batches=20, checkpoint_every=250, samples=0)
   return c
