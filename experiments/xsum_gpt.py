@@ -27,7 +27,7 @@ def get_config():
   c.task = ml_collections.ConfigDict(dict(
       name="summarization",         # lmjax/tasks/summarization.py
       eval_path="",               # a separate .jsonl for validation; "" = split one off data.path
-      validation_percent=5.0,     # share of data.path held out (by hash of the document)
+      validation_percent=20.0,    # share of data.path held out (by hash of the document)
       source_column="",           # "" = `document`, else `source`
       target_column="",           # "" = `summary`, else `target`
       separator="\nTL;DR: ",      # between the article and its summary, as in GPT-2's paper
