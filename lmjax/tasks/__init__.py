@@ -22,7 +22,7 @@ from lmjax.tasks import sentiment, squad, summarization, translation
 TASKS = {
     "sentiment": sentiment,           # sentence classification on [CLS]: accuracy, F1
     "squad": squad,                   # extractive QA: exact match, F1
-    "summarization": summarization,   # decoder prompt -> target: ROUGE-1/2/L
+    "summarization": summarization,   # decoder prompt -> target: ROUGE-1/2/L, next to the lead sentence
     "translation": translation,       # decoder prompt -> target, beam search: BLEU, chrF (sacrebleu)
 }
 

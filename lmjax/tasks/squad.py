@@ -169,7 +169,8 @@ def source(cfg, examples, tokenizer) -> list[dict]:
                         max_query_len=cfg.task.max_query_len)[0]
 
 
-def scores(cfg, model, params, tok, examples) -> dict:
+def answer(cfg, model, params, tok, examples) -> list[str]:
+  """Each example's predicted answer text: the best span over all of its windows."""
   rows, meta = squad_features(examples, tok, seq_len=cfg.data.seq_len, doc_stride=cfg.task.doc_stride,
                               max_query_len=cfg.task.max_query_len)
 
@@ -179,5 +180,9 @@ def scores(cfg, model, params, tok, examples) -> dict:
                       token_type_ids=b["token_type_ids"])
     return out.start_logits, out.end_logits
   start_NxL, end_NxL = common.predict_batches(cfg, rows, "features", tok, predict, params)
-  answers = best_spans(examples, meta, start_NxL, end_NxL, cfg.task.max_answer_tokens)
-  return squad_metrics(answers, [ex["answers"] for ex in examples])
+  return best_spans(examples, meta, start_NxL, end_NxL, cfg.task.max_answer_tokens)
+
+
+def scores(cfg, model, params, tok, examples) -> dict:
+  """Exact match and F1 over every example (all held-out questions, not a sample of batches)."""
+  return squad_metrics(answer(cfg, model, params, tok, examples), [ex["answers"] for ex in examples])

@@ -8,6 +8,8 @@ task.target_column). Each row is the source (cut to fit), task.separator, the ta
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from lmjax.errors import UserError
@@ -87,16 +89,33 @@ def rouge(targets: list[str], predictions: list[str]) -> dict:
   return {k: 100.0 * float(np.mean([s[k].fmeasure for s in per_pair])) for k in ("rouge1", "rouge2", "rougeL")}
 
 
-def scores(cfg, model, params, tok, examples) -> dict:
-  """ROUGE-1/2/L of greedy outputs on the examples (the first task.eval_examples of them)."""
-  exs = examples[:cfg.task.eval_examples or len(examples)]
+def lead_sentence(document: str) -> str:
+  """The lead baseline's summary: the document's first sentence."""
+  lines = [line.strip() for line in document.splitlines() if line.strip()]
+  if len(lines) > 1:   # XSum and CNN/DM store one sentence a line
+    return lines[0]
+  # One line of running text: cut after the first . ! or ? that a space follows.
+  return re.split(r"(?<=[.!?])\s+", lines[0] if lines else "", maxsplit=1)[0]
+
+
+def summarize(cfg, model, params, tok, sources: list[str]) -> list[str]:
+  """Greedy summaries (up to task.max_target_len tokens) of `sources`."""
   t = cfg.task
-  prompts = [seq2seq_prompt(tok, ex["source"], seq_len=cfg.data.seq_len, max_target_len=t.max_target_len,
-                            separator=t.separator) for ex in exs]
+  prompts = [seq2seq_prompt(tok, s, seq_len=cfg.data.seq_len, max_target_len=t.max_target_len,
+                            separator=t.separator) for s in sources]
   eos = tok.eos_id if tok.eos_id is not None else tok.sep_id   # as seq2seq_rows ends targets
   outputs = []
   for i in range(0, len(prompts), cfg.data.batch_size):
     outputs += generate.generate(model, params, prompts[i:i + cfg.data.batch_size], t.max_target_len,
                                  eos_id=eos, pad_id=tok.pad_id or 0)
-  texts = [tok.decode([i for i in ids if i != eos]) for ids in outputs]
-  return {**rouge([ex["target"] for ex in exs], texts), "examples": len(exs)}
+  return [tok.decode([i for i in ids if i != eos]) for ids in outputs]
+
+
+def scores(cfg, model, params, tok, examples) -> dict:
+  """ROUGE-1/2/L of greedy summaries of the examples (the first task.eval_examples of them), next to
+  the lead baseline (each source's first sentence as its summary) on the same examples, scored alike."""
+  exs = examples[:cfg.task.eval_examples or len(examples)]
+  sources, targets = [ex["source"] for ex in exs], [ex["target"] for ex in exs]
+  model_scores = rouge(targets, summarize(cfg, model, params, tok, sources))
+  lead_scores = rouge(targets, [lead_sentence(s) for s in sources])
+  return {**model_scores, **{f"lead_{k}": v for k, v in lead_scores.items()}, "examples": len(exs)}
