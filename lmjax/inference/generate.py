@@ -27,6 +27,7 @@ import numpy as np
 from lmjax import checkpoint
 from lmjax.data.tokenizer import load_tokenizer
 from lmjax.errors import UserError
+from lmjax.models import xla_cpu
 from lmjax.models.decoder import init_cache
 
 MIN_BUCKET = 16
@@ -39,7 +40,7 @@ def sample(logits_BxV, rng, temperature, top_k, top_p):
   top-k distribution (as in Hugging Face's warpers).
   """
   def greedy():
-    return jnp.argmax(logits_BxV, -1).astype(jnp.int32)
+    return xla_cpu.argmax(logits_BxV).astype(jnp.int32)
 
   def sampled():
     V = logits_BxV.shape[-1]
