@@ -91,6 +91,9 @@ def parser() -> argparse.ArgumentParser:
   bench_data.add_argument("--batches", type=int, default=200)
   bench_gen = with_config(bench_sub.add_parser("generate", help="decoding tokens/s with the KV cache"))
   bench_gen.add_argument("--new-tokens", type=int, default=256)
+  bench_gen.add_argument("--num-beams", type=int, default=4, help="beams of the beam-search case")
+  bench_gen.add_argument("--vs-torch", action="store_true", help="interleave HF PyTorch's generate")
+  bench_gen.add_argument("--torch-threads", type=int, help="PyTorch's threads with --vs-torch (default: cores)")
   bench_gen.add_argument("--json", action="store_true")
   return p
 

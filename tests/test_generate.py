@@ -1,6 +1,7 @@
 """Generation: cached decoding equals the recompute-everything reference, sampling is
 seeded, EOS stops a row, one compile serves a prompt bucket, long prompts are cut."""
 import itertools
+import json
 
 import jax
 import numpy as np
@@ -200,3 +201,21 @@ def test_cli_beam_search_prints_the_best_hypothesis(tmp_path, capsys, sp_tokeniz
   with pytest.raises(SystemExit):
     main(["generate", "--model", str(tmp_path), "--prompt", "x", "--num-beams", "3", "--num-samples", "2"])
   assert "takes no temperature" in capsys.readouterr().err
+
+
+def test_bench_generate_vs_torch_times_every_case_and_refuses_one_beam(capsys):
+  pytest.importorskip("transformers")
+  from lmjax.__main__ import main
+  tiny = ["--config.model.hidden=32", "--config.model.num_layers=1", "--config.model.num_heads=2",
+          "--config.model.mlp_dim=64", "--config.model.vocab_size=64"]
+  main(["bench", "generate", "--config", "experiments/gpt_tiny.py", "--new-tokens", "3", "--num-beams", "2",
+        "--vs-torch", "--json", *tiny])
+  result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  for case in ("greedy_batch1", "greedy_batch32", "beam2_batch1"):
+    assert result[f"lmjax_over_torch_{case}"] == pytest.approx(
+        result[f"lmjax_tokens_per_s_{case}"] / result[f"torch_tokens_per_s_{case}"], rel=0.02)
+  with pytest.raises(SystemExit) as exit_info:
+    main(["bench", "generate", "--config", "experiments/gpt_tiny.py", "--num-beams", "1", *tiny])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err.strip()
+  assert "--num-beams 1" in err and len(err.splitlines()) == 1

@@ -11,7 +11,7 @@ import pytest
 from lmjax.models import (PRESETS, TransformerConfig, build, init_cache, init_params, model_config,
                           param_count, stack_layers)
 from lmjax.models.layers import QUERY_BLOCK, REMAT
-from lmjax.models.xla_cpu import dense_dot_general, materialize_grad
+from lmjax.models.xla_cpu import argmax, dense_dot_general, materialize_grad
 
 TINY = dict(vocab_size=61, hidden=32, num_layers=2, num_heads=4, mlp_dim=64, max_len=32,
             dropout_rate=0.0, attention_dropout_rate=0.0, init_std=0.2)
@@ -231,6 +231,16 @@ def test_materialize_grad_is_the_identity_and_survives_compilation():
     np.testing.assert_array_equal(np.asarray(materialize_grad(x)).view(np.uint32), np.asarray(x).view(np.uint32))
   hlo = jax.jit(jax.grad(f), static_argnums=1).lower(x_N, True).compile().as_text()
   assert ("conditional(" in hlo) == (jax.default_backend() == "cpu")
+
+
+def test_argmax_is_jnp_argmax_ties_nan_and_inf_included():
+  x_BxV = jax.random.normal(jax.random.key(0), (6, 4096))
+  x_BxV = x_BxV.at[1, [7, 9]].set(jnp.nan)                 # the first NaN wins
+  x_BxV = x_BxV.at[2].set(-jnp.inf)                        # all equal: index 0
+  x_BxV = x_BxV.at[3, [50, 100]].set(10.0)                 # a tie: the first
+  x_BxV = x_BxV.at[4, 4095].set(jnp.inf)
+  np.testing.assert_array_equal(jax.jit(argmax)(x_BxV), jnp.argmax(x_BxV, -1))
+  np.testing.assert_array_equal(jax.jit(argmax)(x_BxV[:1]), jnp.argmax(x_BxV[:1], -1))
 
 
 @pytest.mark.parametrize("x_shape, w_shape, contract", [

@@ -27,6 +27,7 @@ import numpy as np
 from lmjax import checkpoint
 from lmjax.data.tokenizer import load_tokenizer
 from lmjax.errors import UserError
+from lmjax.models import xla_cpu
 from lmjax.models.decoder import init_cache
 
 MIN_BUCKET = 16
@@ -39,7 +40,7 @@ def sample(logits_BxV, rng, temperature, top_k, top_p):
   top-k distribution (as in Hugging Face's warpers).
   """
   def greedy():
-    return jnp.argmax(logits_BxV, -1).astype(jnp.int32)
+    return xla_cpu.argmax(logits_BxV).astype(jnp.int32)
 
   def sampled():
     V = logits_BxV.shape[-1]
@@ -172,6 +173,12 @@ def _beam_select(logits_BKxV, state, step, *, B, K, N, eos_id, length_penalty):
   return state, src_BxK
 
 
+def _by_row(f, cache):
+  """f applied to each of the cache's arrays that have the batch first: all but the cursor."""
+  rows = {name: cache[name] for name in ("k", "v", "valid")}
+  return {**jax.tree.map(f, rows), "index": cache["index"]}
+
+
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "num_beams", "eos_id", "pad_id"))
 def beam_decode(model, params, ids_BxP, mask_BxP, length_penalty, *, max_new_tokens: int, num_beams: int,
                 eos_id: int | None, pad_id: int):
@@ -184,8 +191,7 @@ def beam_decode(model, params, ids_BxP, mask_BxP, length_penalty, *, max_new_tok
   select = functools.partial(_beam_select, B=B, K=K, N=N, eos_id=eos_id,
                              length_penalty=jnp.asarray(length_penalty, jnp.float32))
   out = model.apply({"params": params}, ids_BxP, attention_mask=mask_BxP, cache=init_cache(model.cfg, B, P + N))
-  cache = {"k": jnp.repeat(out.cache["k"], K, 1), "v": jnp.repeat(out.cache["v"], K, 1),
-           "valid": jnp.repeat(out.cache["valid"], K, 0), "index": out.cache["index"]}
+  cache = _by_row(lambda x: jnp.repeat(x, K, 0), out.cache)
   # Only beam 0 exists at first, so the K copies of the prompt do not give K equal beams.
   run_scores_BxK = jnp.full((B, K), NEG, jnp.float32).at[:, 0].set(0.0)
   run_BxKxN = jnp.full((B, K, N), pad_id, jnp.int32)
@@ -203,8 +209,7 @@ def beam_decode(model, params, ids_BxP, mask_BxP, length_penalty, *, max_new_tok
     out = model.apply({"params": params}, tok_BK[:, None], cache=cache)
     state, src_BxK = select(out.logits[:, -1], state, step)
     rows_BK = (jnp.arange(B)[:, None] * K + src_BxK).reshape(B * K)
-    cache = {"k": jnp.take(out.cache["k"], rows_BK, 1), "v": jnp.take(out.cache["v"], rows_BK, 1),
-             "valid": jnp.take(out.cache["valid"], rows_BK, 0), "index": out.cache["index"]}
+    cache = _by_row(lambda x: jnp.take(x, rows_BK, 0), out.cache)
     return step + 1, state, cache
 
   _, state, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), state, cache))

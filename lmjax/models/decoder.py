@@ -33,9 +33,10 @@ class DecoderOutput:
 
 
 def init_cache(cfg: TransformerConfig, batch: int, max_len: int):
-  """Empty cache: keys/values N x B x S x H x K, which slots hold tokens (B x S), cursor."""
-  shape = (cfg.num_layers, batch, max_len, cfg.num_heads, cfg.head_dim)
-  return {"k": jnp.zeros(shape, cfg.compute_dtype), "v": jnp.zeros(shape, cfg.compute_dtype),
+  """Empty cache: keys and values (tuples of N layers' B x H x S x K buffers), which slots
+  hold tokens (B x S), cursor."""
+  layer = lambda: jnp.zeros((batch, cfg.num_heads, max_len, cfg.head_dim), cfg.compute_dtype)
+  return {"k": tuple(layer() for _ in range(cfg.num_layers)), "v": tuple(layer() for _ in range(cfg.num_layers)),
           "valid": jnp.zeros((batch, max_len), bool), "index": jnp.zeros((), jnp.int32)}
 
 
