@@ -7,8 +7,11 @@ from lmjax.__main__ import main
 from lmjax.config import ConfigError, load_config
 from lmjax.models import model_config, param_count
 
-EXPERIMENTS = sorted(p for p in (pathlib.Path(__file__).resolve().parent.parent / "experiments").glob("*.py")
-                     if p.name != "__init__.py")
+FILES = sorted(p for p in (pathlib.Path(__file__).resolve().parent.parent / "experiments").glob("*.py")
+               if p.name != "__init__.py")
+# A config defines get_config(); the rest are scripts run with python (the PyTorch reference runs).
+EXPERIMENTS = [p for p in FILES if "\ndef get_config(" in p.read_text()]
+SCRIPTS = [p for p in FILES if p not in EXPERIMENTS]
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
@@ -17,6 +20,12 @@ def test_every_experiment_loads_and_documents_its_command(path):
   assert param_count(model_config(cfg.model)) > 0
   doc = path.read_text().split('"""')[1]
   assert "lmjax " in doc.splitlines()[0], f"{path.name}: the docstring must start with the command that runs it"
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.stem)
+def test_every_script_documents_its_command(path):
+  doc = path.read_text().split('"""')[1]
+  assert doc.startswith(f"python experiments/{path.name}"), f"{path.name}: the docstring must start with its command"
 
 
 def test_overrides_keep_types():

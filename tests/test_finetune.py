@@ -158,6 +158,23 @@ def test_layer_decay_and_freezing():
   np.testing.assert_array_equal(scanned["stack"]["layers"]["w"][:, 0], [0.25, 0.5])
 
 
+def test_weight_decay_covers_what_the_pytorch_reference_decays():
+  """experiments/sst2_minilm_torch.py decays what HF's Trainer does (all but biases and LayerNorm
+  weights); lmjax's mask must cover the same weights of the same classifier, counted element by element."""
+  transformers = pytest.importorskip("transformers")
+  from experiments import sst2_minilm_torch
+  section = model_section("bert-tiny", vocab_size=100, hidden=32, num_layers=2, num_heads=2, mlp_dim=64,
+                          max_len=16, heads=("classify",)).to_dict()
+  params = models.init_params(models.model_config(section), jax.random.key(0))
+  decayed = sum(x.size for x, d in zip(jax.tree.leaves(params), jax.tree.leaves(optim.decay_mask(params))) if d)
+  hf = transformers.BertForSequenceClassification(transformers.BertConfig(
+      vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+      max_position_embeddings=16, num_labels=2))
+  hf_decayed = sum(w.numel() for n, w in hf.named_parameters() if not any(k in n for k in sst2_minilm_torch.NO_DECAY))
+  assert sum(x.size for x in jax.tree.leaves(params)) == sum(w.numel() for w in hf.parameters())
+  assert decayed == hf_decayed
+
+
 # ---- end to end -----------------------------------------------------------------------------------
 
 def test_init_that_cannot_serve_the_task(tmp_path):
