@@ -12,10 +12,12 @@ gradients clipped at 1.0, and the validation loss as the mean over 20 batches of
 Left as lmjax has them: LayerNorms keep a bias (zero at init; 805,248 params against nanoGPT's
 804,096), warmup starts at lr 0 (nanoGPT: lr/101), evaluation scores the same windows each time.
 
-Measured (2 shared CPU cores; README "Reproducing nanoGPT's Shakespeare"): validation loss 1.8839 at
-step 2,000 (1.8803 on every validation character, `lmjax eval`; 1.923 with seed 0) in 116.8 s for
-the whole command, against nanoGPT's train.py run right after it: 1.8857 in 96.7 s. The step is
-the slower part (47-51 ms against PyTorch's 38 ms on a quiet machine).
+Measured (2 CPU cores; README "Reproducing nanoGPT's Shakespeare"): validation loss 1.8839 at step
+2,000 (1.8803 on every validation character, `lmjax eval`; seeds 0, 1, 2: 1.923, 1.919, 1.900, so
+the 1.88 bar is not met on average) in 94.4 s for the whole command on a quiet machine, against
+nanoGPT's train.py run right after it: 1.8857 in 103.1 s (nanoGPT alone elsewhere: 83.9-96.7 s).
+The step: 35 ms against PyTorch's 38 ms. No sample at the end, as nanoGPT's train.py:
+`lmjax generate --model runs/shakespeare --prompt "ROMEO:"` is its sample.py.
 """
 from lmjax.config import base_config, model_section
 
