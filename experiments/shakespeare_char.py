@@ -14,8 +14,8 @@ Left as lmjax has them: LayerNorms keep a bias (zero at init; 805,248 params aga
 
 Measured (2 CPU cores; README "Reproducing nanoGPT's Shakespeare"): validation loss 1.8839 at step
 2,000 (1.8803 on every validation character, `lmjax eval`; seeds 0, 1, 2: 1.923, 1.919, 1.900, so
-the 1.88 bar is not met on average) in 94.4 s for the whole command on a quiet machine, against
-nanoGPT's train.py run right after it: 1.8857 in 103.1 s (nanoGPT alone elsewhere: 83.9-96.7 s).
+the 1.88 bar is not met on average) in 94.4 and 97.2 s for the whole command on a quiet machine,
+against nanoGPT's train.py run right after it: 1.8857 in 103.1 and 115.0 s (other runs: 83.9-96.7 s).
 The step: 35 ms against PyTorch's 38 ms. No sample at the end, as nanoGPT's train.py:
 `lmjax generate --model runs/shakespeare --prompt "ROMEO:"` is its sample.py.
 """
