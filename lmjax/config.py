@@ -140,7 +140,7 @@ def config_path(name: str | None):
   shipped = EXPERIMENTS / (path.stem + ".py")
   if path.parent.name in ("", "experiments") and shipped.is_file():
     return shipped
-  known = sorted(p.name[:-3] for p in EXPERIMENTS.iterdir() if p.name.endswith(".py") and not p.name.startswith("_"))
+  known = sorted(p.stem for p in EXPERIMENTS.glob("[!_]*.py") if "def get_config(" in p.read_text())  # not scripts
   raise ConfigError(f"no config file {str(name)!r}; lmjax ships {known}")
 
 

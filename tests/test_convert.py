@@ -240,16 +240,17 @@ def test_import_errors_are_one_line_and_write_nothing(bert, tmp_path, capsys):
   fails(tmp_path / "vocab", "no model.safetensors")
 
 
-def test_export_refuses_what_hf_cannot_express(tmp_path, capsys):
+@pytest.mark.parametrize("field", [dict(position="rotary"), dict(norm_bias=False)])
+def test_export_refuses_what_hf_cannot_express(tmp_path, capsys, field):
   cfg = model_config(dict(preset="gpt-tiny", vocab_size=64, hidden=32, num_layers=1, num_heads=2,
-                          mlp_dim=64, position="rotary"))
+                          mlp_dim=64, **field))
   config = {"model": dataclasses.asdict(cfg)}
   (tmp_path / "work").mkdir()
   write_config(tmp_path / "work", config)
   save_params(tmp_path / "work", init_params(cfg, jax.random.key(0)), config)
   err = cli_error(capsys, ["convert", "--to-hf", "--workdir", str(tmp_path / "work"),
                            "--out", str(tmp_path / "out")])
-  assert "rotary" in err
+  assert f"model.{next(iter(field))}=" in err and len(err.splitlines()) == 1
   assert not (tmp_path / "out").exists()
 
 

@@ -214,6 +214,9 @@ def test_bench_generate_vs_torch_times_every_case_and_refuses_one_beam(capsys):
   for case in ("greedy_batch1", "greedy_batch32", "beam2_batch1"):
     assert result[f"lmjax_over_torch_{case}"] == pytest.approx(
         result[f"lmjax_tokens_per_s_{case}"] / result[f"torch_tokens_per_s_{case}"], rel=0.02)
+    # Both sides decode lmjax's weights, so the timed work is the same: greedy and beam search
+    # (early_stopping="never", length penalty 1) make the same tokens as HF's generate.
+    assert result[f"same_tokens_{case}"] is True, case
   with pytest.raises(SystemExit) as exit_info:
     main(["bench", "generate", "--config", "experiments/gpt_tiny.py", "--num-beams", "1", *tiny])
   assert exit_info.value.code == 2

@@ -55,6 +55,34 @@ def test_param_counts_equal_transformers():
   assert sum(p.numel() for p in gpt2.parameters()) == PARAM_COUNTS["gpt2-small"]
 
 
+def test_nanogpts_bias_false_is_use_bias_and_norm_bias_false():
+  """nanoGPT's model.py with bias=False at shakespeare_char's CPU flags (4 x 128, 65 chars, block 64)
+  has 804,096 parameters (wte 8,320 + wpe 8,192 + 4 x 196,864 + ln_f 128). The config keeps
+  lmjax's LayerNorm biases (9 x 128 more, README "Reproducing nanoGPT's Shakespeare")."""
+  from lmjax.config import load_config
+  cfg = model_config(load_config("experiments/shakespeare_char.py").model)
+  assert not cfg.use_bias and param_count(dataclasses.replace(cfg, norm_bias=False)) == 804_096
+  assert param_count(cfg) == 804_096 + 9 * 128
+  with_biases = 4 * (3 * 128 + 128 + 512 + 128)   # q, k, v, out; wi, wo
+  assert param_count(dataclasses.replace(cfg, use_bias=True)) == 804_096 + 9 * 128 + with_biases
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_scale_residual_init_is_gpt2s(scan):
+  """GPT-2's init (nanoGPT's, HF's): the kernels of attention's out and the MLP's wo, which add
+  into the residual stream, at init_std / sqrt(2 N); every other kernel and embedding at init_std."""
+  fields = dict(GPT, hidden=128, mlp_dim=512, num_layers=8, init_std=0.02, scan_layers=scan)
+  for scaled in (False, True):
+    params = init_params(TransformerConfig(**fields, scale_residual_init=scaled), jax.random.key(0))
+    stds = {jax.tree_util.keystr(path): float(np.std(x)) for path, x in jax.tree_util.tree_leaves_with_path(params)
+            if x.ndim >= 2 and float(np.std(x)) > 0}   # kernels and embeddings (a stacked bias is 2-D but 0)
+    residual = {k: v for k, v in stds.items() if re.search(r"'(out|wo)'", k)}
+    assert len(residual) == (2 if scan else 2 * 8) and len(stds) > len(residual)
+    want = 0.02 / 4 if scaled else 0.02   # sqrt(2 x 8 layers) = 4
+    for k, v in stds.items():
+      assert v == pytest.approx(want if k in residual else 0.02, rel=0.05), k
+
+
 @pytest.mark.parametrize("position", ["learned", "sinusoidal", "rotary"])
 def test_decoder_is_causal_by_gradients(position):
   """d logits[t] / d x[s] is exactly zero for every s > t: a perturbation added to the

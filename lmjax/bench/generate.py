@@ -9,11 +9,13 @@ program is compiled ahead of time and run once untimed, so the figures time deco
 then ROUNDS runs of each, taken in turn, and tokens/s = all tokens / all seconds (the slow
 recompute reference runs once). No EOS: every row makes all new tokens.
 
---vs-torch also builds the same model in Hugging Face PyTorch (`GPT2LMHeadModel`, float32,
-eval, inference mode, --torch-threads threads, default as many as cores) and runs
+--vs-torch also builds the same model in Hugging Face PyTorch (`GPT2LMHeadModel` holding lmjax's
+weights, float32, eval, inference mode, --torch-threads threads, default as many as cores) and runs
 `model.generate(..., do_sample=False, use_cache=True)` for the same cases (beam search with
 early_stopping="never", the stopping rule lmjax implements, and length_penalty 1.0), each
-torch run right after lmjax's run of the same case, so machine noise hits both alike. The load average is printed with the figures:
+torch run right after lmjax's run of the same case, so machine noise hits both alike; and it reports,
+per case, whether both made the same new tokens (`same_tokens_*`: the same work was timed). The
+load average is printed with the figures:
 PyTorch's OpenMP threads collapse when other jobs hold the cores (gpt_tiny, batch 1, load ~9
 on 2 cores: 7 tokens/s with 2 threads, 130 with 1), XLA's thread pool does not; there
 `--torch-threads 1` is the fairer comparison. Measured figures: README "Speed".
@@ -46,7 +48,7 @@ class LmjaxSide:
   """lmjax's compiled decoding programs, one per case; run(case) times one call."""
 
   def __init__(self, model, params, new_tokens: int, num_beams: int):
-    self.cases = {}
+    self.params, self.cases, self.tokens = params, {}, {}
     for name, batch, beams in cases(num_beams):
       ids_BxP = jnp.asarray(prompts(model.cfg.vocab_size, batch))
       head = (model, params, ids_BxP, jnp.ones_like(ids_BxP))
@@ -64,26 +66,33 @@ class LmjaxSide:
   def run(self, name: str) -> float:
     compiled, args = self.cases[name]
     t0 = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    return time.perf_counter() - t0
+    out = jax.block_until_ready(compiled(*args))
+    seconds = time.perf_counter() - t0
+    self.tokens[name] = np.asarray(out[0] if isinstance(out, tuple) else out)   # beam search: (tokens, scores)
+    return seconds
 
 
 class TorchSide:
   """The same model in Hugging Face PyTorch; run(case) times one `generate` call."""
 
-  def __init__(self, model_cfg, new_tokens: int, num_beams: int, threads: int):
+  def __init__(self, model_cfg, params, new_tokens: int, num_beams: int, threads: int):
     import torch  # a dev extra: only this path needs it
     import transformers
     from lmjax.convert import hf
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
     self.torch = torch
     config = {k: v for k, v in hf.gpt2_config(model_cfg).items() if k not in ("architectures", "model_type")}
     # No BOS/EOS, as on lmjax's side: every row makes all new tokens.
     config.update(bos_token_id=None, eos_token_id=None)
     self.model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**config)).float().eval()
+    # lmjax's weights, so both sides decode the same model and their tokens can be compared.
+    weights = hf.to_hf_weights("gpt2", model_cfg, hf.flatten(jax.device_get(params)))
+    missing, unexpected = self.model.transformer.load_state_dict(
+        {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in weights.items()}, strict=False)
+    if unexpected or any(not k.endswith(".attn.bias") for k in missing):   # attn.bias: HF's causal-mask buffer
+      raise RuntimeError(f"lmjax -> GPT2LMHeadModel left {missing} unset and {unexpected} unused")
     self.new_tokens = new_tokens
-    self.cases = {}
+    self.cases, self.tokens = {}, {}
     for name, batch, beams in cases(num_beams):
       ids = torch.from_numpy(prompts(model_cfg.vocab_size, batch)).long()
       beam = dict(num_beams=beams, early_stopping="never", length_penalty=1.0) if beams > 1 else {}
@@ -98,6 +107,7 @@ class TorchSide:
     seconds = time.perf_counter() - t0
     if out.shape[1] != PROMPT_LEN + N:
       raise RuntimeError(f"torch generated {out.shape[1] - PROMPT_LEN} new tokens, not {N}")
+    self.tokens[name] = out[:, PROMPT_LEN:].numpy()
     return seconds
 
 
@@ -128,7 +138,7 @@ def main(cfg, args) -> dict:
     mcfg = dataclasses.replace(mcfg, max_len=PROMPT_LEN + N)
   lm = LmjaxSide(build(mcfg), init_params(mcfg, jax.random.key(0)), N, K)
   threads = args.torch_threads or os.cpu_count()
-  torch_side = TorchSide(mcfg, N, K, threads) if args.vs_torch else None
+  torch_side = TorchSide(mcfg, lm.params, N, K, threads) if args.vs_torch else None
   sides = {"lmjax": lm} if torch_side is None else {"lmjax": lm, "torch": torch_side}
   names = [name for name, _, _ in cases(K)]
   for side in sides.values():   # warm-up: first calls allocate and fill caches
@@ -151,6 +161,9 @@ def main(cfg, args) -> dict:
             "load_average_1_5_15min": [round(x, 2) for x in os.getloadavg()]}
   if torch_side is not None:
     result.update({"torch_threads": torch_side.torch.get_num_threads(),
+                   # The same weights on both sides: the timed work is the same decoding.
+                   **{f"same_tokens_{name}": bool(np.array_equal(lm.tokens[name], torch_side.tokens[name]))
+                      for name in names},
                    **{f"torch_tokens_per_s_{name}": round(rate[("torch", name)], 1) for name in names},
                    **{f"lmjax_over_torch_{name}": round(rate[("lmjax", name)] / rate[("torch", name)], 2)
                       for name in names}})
@@ -171,7 +184,10 @@ def main(cfg, args) -> dict:
     print(line)
   print(f"  recompute, batch  1: {recompute:,.1f} tokens/s; KV cache / recompute {result['cached_vs_recompute_batch1']:.2f}x")
   if torch_side:
-    print(f"  torch: {type(torch_side.model).__name__}.generate, float32, {result['torch_threads']} threads")
+    print(f"  torch: {type(torch_side.model).__name__}.generate with lmjax's weights, float32, "
+          f"{result['torch_threads']} threads")
+    print("  the same new tokens as lmjax: " + ", ".join(
+        f"{name} {'yes' if result[f'same_tokens_{name}'] else 'NO'}" for name in names))
   print(f"  load average (1, 5, 15 min): {', '.join(map(str, result['load_average_1_5_15min']))} "
         f"on {os.cpu_count()} cores")
   return result

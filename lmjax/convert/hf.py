@@ -448,6 +448,7 @@ def bert_config(cfg) -> dict:
                (cfg.position == "learned", f"model.position={cfg.position!r}"),
                (cfg.activation in BERT_ACT_NAMES, f"model.activation={cfg.activation!r}"),
                (not cfg.pre_ln, "model.pre_ln=True"), (cfg.use_bias, "model.use_bias=False"),
+               (cfg.norm_bias, "model.norm_bias=False"),
                (tuple(sorted(cfg.heads)) in BERT_EXPORT, f"model.heads={tuple(cfg.heads)} "
                                                          f"(exportable: {list(BERT_EXPORT)})")])
   return {"architectures": [BERT_EXPORT[tuple(sorted(cfg.heads))]], "model_type": "bert",
@@ -465,6 +466,7 @@ def gpt2_config(cfg) -> dict:
                (cfg.position == "learned", f"model.position={cfg.position!r}"),
                (cfg.activation in GPT2_ACT_NAMES, f"model.activation={cfg.activation!r}"),
                (cfg.pre_ln, "model.pre_ln=False"), (cfg.use_bias, "model.use_bias=False"),
+               (cfg.norm_bias, "model.norm_bias=False"),
                (not cfg.type_vocab_size, f"model.type_vocab_size={cfg.type_vocab_size}")])
   return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.vocab_size,
           "n_embd": cfg.hidden, "n_layer": cfg.num_layers, "n_head": cfg.num_heads, "n_inner": cfg.mlp_dim,

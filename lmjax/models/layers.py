@@ -50,7 +50,8 @@ class TransformerConfig:
   position: str = "learned"
   rope_base: float = 10000.0
   activation: str = "gelu"
-  use_bias: bool = True
+  use_bias: bool = True         # biases of the dense layers
+  norm_bias: bool = True        # LayerNorm's bias (nanoGPT's bias=False: use_bias=False, norm_bias=False)
   tie_embeddings: bool = True
   heads: tuple = ()             # encoder heads: "mlm", "nsp", "classify", "span", "rtd"; decoder: "classify"
   num_labels: int = 2           # classify head width
@@ -58,6 +59,7 @@ class TransformerConfig:
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
   init_std: float = 0.02
+  scale_residual_init: bool = False  # GPT-2: the projections into the residual stream start at init_std / sqrt(2 N)
   dtype: str = "float32"        # compute dtype; params stay in param_dtype
   param_dtype: str = "float32"
   attention: str = "auto"       # "auto": jax.nn.dot_product_attention on GPU (cuDNN flash when it
@@ -97,6 +99,14 @@ class TransformerConfig:
 
 def dense_init(cfg: TransformerConfig, *axes):
   return nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), axes)
+
+
+def residual_init(cfg: TransformerConfig, *axes):
+  """Init of a projection that adds into the residual stream (attention out, MLP wo). GPT-2
+  (section 2.3; its code, nanoGPT and HF's GPT2 alike) scales these by 1/sqrt(2 N): each of the
+  2 N sublayers adds to the stream, so its variance at init stays that of one sublayer."""
+  std = cfg.init_std / math.sqrt(2 * cfg.num_layers) if cfg.scale_residual_init else cfg.init_std
+  return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
 
 
 def zeros_init(*axes):
@@ -141,8 +151,9 @@ class Norm(nn.Module):
     else:
       mean = jnp.mean(x, -1, keepdims=True)
       var = jnp.mean(jnp.square(x - mean), -1, keepdims=True)
-      bias_D = self.param("bias", zeros_init("embed"), (x.shape[-1],), cfg.param_dtype)
-      y = (x - mean) * jax.lax.rsqrt(var + cfg.norm_eps) * scale_D + bias_D
+      y = (x - mean) * jax.lax.rsqrt(var + cfg.norm_eps) * scale_D
+      if cfg.norm_bias:
+        y = y + self.param("bias", zeros_init("embed"), (x.shape[-1],), cfg.param_dtype)
     return y.astype(cfg.compute_dtype)
 
 
@@ -265,7 +276,7 @@ class Attention(nn.Module):
                                       row_ids_B=row_ids_B)
     out = nn.DenseGeneral(cfg.hidden, axis=(-2, -1), use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
                           param_dtype=cfg.param_dtype, dot_general=xla_cpu.dense_dot_general,
-                          kernel_init=dense_init(cfg, "heads", "kv", "embed"),
+                          kernel_init=residual_init(cfg, "heads", "kv", "embed"),
                           bias_init=zeros_init("embed"), name="out")
     return out(y_BxLxHxK), new_cache
 
@@ -343,7 +354,7 @@ class Mlp(nn.Module):
              "gelu_tanh": functools.partial(nn.gelu, approximate=True),
              "relu": nn.relu}[cfg.activation]
       h_BxLxF = act(up(name="wi")(x_BxLxD))
-    return dense(cfg.hidden, kernel_init=dense_init(cfg, "mlp", "embed"),
+    return dense(cfg.hidden, kernel_init=residual_init(cfg, "mlp", "embed"),
                  bias_init=zeros_init("embed"), name="wo")(h_BxLxF)
 
 

@@ -35,7 +35,8 @@ FIXED_KEYS = ("seed", "model.vocab_size", "model.hidden", "model.num_layers", "m
 FIXED_SIDES = {"optim.clip_norm": ("gradient clipping on/off", lambda v: v > 0),
                "optim.layer_decay": ("layer decay on/off", lambda v: v != 1.0),
                # Here, not in FIXED_KEYS: configs saved before the field existed lack it and still resume.
-               "model.generator_fraction": ("ELECTRA's generator width", lambda v: v)}
+               "model.generator_fraction": ("ELECTRA's generator width", lambda v: v),
+               "model.norm_bias": ("the LayerNorms' biases", lambda v: v)}
 
 
 def config_value(config: dict, key: str):
