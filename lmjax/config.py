@@ -140,7 +140,8 @@ def config_path(name: str | None):
   shipped = EXPERIMENTS / (path.stem + ".py")
   if path.parent.name in ("", "experiments") and shipped.is_file():
     return shipped
-  known = sorted(p.stem for p in EXPERIMENTS.glob("[!_]*.py") if "def get_config(" in p.read_text())  # not scripts
+  # experiments/ also holds the PyTorch reference scripts, which are not configs.
+  known = sorted(p.stem for p in EXPERIMENTS.glob("[!_]*.py") if "def get_config(" in p.read_text())
   raise ConfigError(f"no config file {str(name)!r}; lmjax ships {known}")
 
 

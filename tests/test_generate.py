@@ -208,8 +208,10 @@ def test_bench_generate_vs_torch_times_every_case_and_refuses_one_beam(capsys):
   from lmjax.__main__ import main
   tiny = ["--config.model.hidden=32", "--config.model.num_layers=1", "--config.model.num_heads=2",
           "--config.model.mlp_dim=64", "--config.model.vocab_size=64"]
+  # Scanned layers and an untied LM head: the weights PyTorch gets go through convert's unstacking
+  # and head naming (gpt2_small scans its layers).
   main(["bench", "generate", "--config", "experiments/gpt_tiny.py", "--new-tokens", "3", "--num-beams", "2",
-        "--vs-torch", "--json", *tiny])
+        "--vs-torch", "--json", *tiny, "--config.model.scan_layers=True", "--config.model.tie_embeddings=False"])
   result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   for case in ("greedy_batch1", "greedy_batch32", "beam2_batch1"):
     assert result[f"lmjax_over_torch_{case}"] == pytest.approx(

@@ -186,8 +186,16 @@ def test_bad_inputs_fail_before_compiling(straight_run, tmp_path, data_dir):
     loop.train(tiny(data_dir), a_file / "run")
   with pytest.raises(UserError, match="smaller than optim.warmup_steps"):
     loop.train(tiny(data_dir, "--config.optim.warmup_steps=100"), tmp_path / "warm")
-  with pytest.raises(UserError, match="no config file"):
+  # A run saved before model.norm_bias existed had LayerNorm biases: dropping them is refused too.
+  saved = json.loads((workdir / "config.json").read_text())
+  del saved["model"]["norm_bias"]
+  (tmp_path / "old").mkdir()
+  (tmp_path / "old" / "config.json").write_text(json.dumps(saved))
+  with pytest.raises(UserError, match="model.norm_bias=True, this config says False"):
+    loop.train(tiny(data_dir, "--config.model.norm_bias=False"), tmp_path / "old")
+  with pytest.raises(UserError, match="no config file") as listing:
     load_config("experiments/nope.py")
+  assert "'shakespeare_char'" in str(listing.value) and "torch" not in str(listing.value)   # configs, not scripts
 
 
 def run_cli(*args, **kwargs):

@@ -2,8 +2,10 @@
 tinyshakespeare, lmjax's clm train step (optax AdamW with its decay mask, global-norm clipping,
 the lr schedule) gives the losses, gradient norms and weights of Hugging Face's GPT2LMHeadModel
 trained by torch.optim.AdamW the way nanoGPT's train.py does it (decay on every parameter of two
-or more dimensions, clip_grad_norm_, the lr set on each group before each step). So a gap between
-lmjax's and nanoGPT's Shakespeare losses is their random draws, not their arithmetic."""
+or more dimensions, clip_grad_norm_, the lr set on each group before each step). So the optimizer
+and the step's arithmetic are nanoGPT's; its model differs only where the Shakespeare config says
+(biases here, as HF's GPT-2 has them), and its schedule warms up from lr/101 where lmjax's (used on
+both sides here) starts at 0."""
 import functools
 
 import jax
@@ -20,7 +22,7 @@ from lmjax.training import optim, steps
 from lmjax.training.state import TrainState
 
 V, L, B, STEPS = 65, 16, 4, 8
-LR, WARMUP, WEIGHT_DECAY, B2, CLIP = 1e-2, 3, 0.1, 0.99, 0.5
+LR, WARMUP, WEIGHT_DECAY, B2, CLIP = 1e-2, 3, 0.1, 0.99, 1.0   # nanoGPT's beta2, decay and clip
 
 
 def shakespeare_batches(shared_data):
@@ -74,8 +76,8 @@ def test_clm_steps_equal_torch_adamw_on_gpt2(shared_data, tmp_path):
     torch_losses.append(loss.item())
 
   np.testing.assert_allclose(lmjax_losses, torch_losses, rtol=2e-6)   # measured: 2.3e-7
-  np.testing.assert_allclose(lmjax_norms, torch_norms, rtol=2e-6)   # measured: 3.6e-7
-  assert max(torch_norms) > CLIP   # clipping is exercised, not just configured
+  np.testing.assert_allclose(lmjax_norms, torch_norms, rtol=2e-6)   # measured: 3.7e-7
+  assert min(torch_norms) < CLIP < max(torch_norms)   # steps with and without clipping
   assert lmjax_losses[-1] < lmjax_losses[0] - 0.3   # the weights moved: lr and decay are exercised
 
   # The weights after STEPS updates, in HF's names. The key biases are left out: softmax ignores
@@ -91,5 +93,5 @@ def test_clm_steps_equal_torch_adamw_on_gpt2(shared_data, tmp_path):
     got, want, compared = np.asarray(trained[name]), want.detach().numpy(), compared + 1
     if name.endswith("c_attn.bias"):
       got, want = np.delete(got, np.s_[D:2 * D]), np.delete(want, np.s_[D:2 * D])
-    np.testing.assert_allclose(got, want, atol=3e-6, err_msg=name)   # measured: 3.4e-7 (the steps: 8 x 1e-2 lr)
+    np.testing.assert_allclose(got, want, atol=3e-6, err_msg=name)   # measured: 4.2e-7 (the steps: 8 x 1e-2 lr)
   assert compared == len(trained)

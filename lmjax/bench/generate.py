@@ -81,16 +81,21 @@ class TorchSide:
     from lmjax.convert import hf
     torch.set_num_threads(threads)
     self.torch = torch
-    config = {k: v for k, v in hf.gpt2_config(model_cfg).items() if k not in ("architectures", "model_type")}
+    # lmjax's weights under transformers' names (as `convert --to-hf` writes them), so both sides
+    # decode the same model and their tokens can be compared.
+    hf_cfg, weights = hf.hf_state(model_cfg, jax.device_get(params))
+    config = {k: v for k, v in hf_cfg.items() if k not in ("architectures", "model_type")}
     # No BOS/EOS, as on lmjax's side: every row makes all new tokens.
     config.update(bos_token_id=None, eos_token_id=None)
     self.model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**config)).float().eval()
-    # lmjax's weights, so both sides decode the same model and their tokens can be compared.
-    weights = hf.to_hf_weights("gpt2", model_cfg, hf.flatten(jax.device_get(params)))
-    missing, unexpected = self.model.transformer.load_state_dict(
-        {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in weights.items()}, strict=False)
-    if unexpected or any(not k.endswith(".attn.bias") for k in missing):   # attn.bias: HF's causal-mask buffer
-      raise RuntimeError(f"lmjax -> GPT2LMHeadModel left {missing} unset and {unexpected} unused")
+    missing, unexpected = self.model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()},
+                                                     strict=False)
+    # Left unset may be only HF's causal-mask buffers and, tied, lm_head (it is the embedding).
+    unset = [k for k in missing
+             if not (k.endswith(".attn.bias") or (k == "lm_head.weight" and model_cfg.tie_embeddings))]
+    if unset or unexpected:
+      raise RuntimeError(f"lmjax's weights left {unset} of GPT2LMHeadModel unset and {unexpected} unused: "
+                         "convert/hf.py's GPT-2 table no longer matches this transformers; update the table")
     self.new_tokens = new_tokens
     self.cases, self.tokens = {}, {}
     for name, batch, beams in cases(num_beams):

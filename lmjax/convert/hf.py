@@ -387,23 +387,10 @@ BERT_ACT_NAMES = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
 GPT2_ACT_NAMES = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
 
 
-def export_hf(workdir, out) -> str:
-  """Write OUT/config.json + OUT/model.safetensors (+ tokenizer files) that transformers loads.
-  Returns a one-line summary."""
-  workdir, out = pathlib.Path(workdir), pathlib.Path(out)
-  if out.exists() and (not out.is_dir() or any(out.iterdir())):
-    raise UserError(f"--out {out} already exists and is not empty; choose a new directory")
-  cfg = model_config(read_config(workdir)["model"])
+def hf_state(cfg, params) -> tuple[dict, dict[str, np.ndarray]]:
+  """(config.json, float32 tensors under transformers' full names) of an lmjax BERT or GPT-2:
+  what `lmjax convert --to-hf` writes, and what `bench generate --vs-torch` loads into PyTorch."""
   model_type = "gpt2" if cfg.causal else "bert"
-  params = restore_params(workdir)
-  left_out = ""
-  if "rtd" in cfg.heads:
-    # ELECTRA: the discriminator is the model to keep (the paper fine-tunes it); the generator and
-    # the replaced-token head serve pretraining only, and BERT has no place for them.
-    dropped = {k: len(jax.tree.leaves(params[k])) for k in ("generator", "rtd_head") if k in params}
-    params = {k: v for k, v in params.items() if k not in dropped}
-    cfg = dataclasses.replace(cfg, heads=tuple(h for h in cfg.heads if h != "rtd"))
-    left_out = ", left out " + ", ".join(f"ELECTRA's {k} ({n} tensors)" for k, n in dropped.items())
   hf_cfg = (gpt2_config if cfg.causal else bert_config)(cfg)
   if "layers" in params["stack"]:
     params = unstack_layers(params, cfg.num_layers)
@@ -420,6 +407,26 @@ def export_hf(workdir, out) -> str:
   if hf_cfg["architectures"][0] not in ("BertModel", "GPT2Model"):
     prefix = PREFIXES[model_type]
     weights = {k if k.startswith(HEAD_NAMES[model_type]) else prefix + k: v for k, v in weights.items()}
+  return hf_cfg, weights
+
+
+def export_hf(workdir, out) -> str:
+  """Write OUT/config.json + OUT/model.safetensors (+ tokenizer files) that transformers loads.
+  Returns a one-line summary."""
+  workdir, out = pathlib.Path(workdir), pathlib.Path(out)
+  if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    raise UserError(f"--out {out} already exists and is not empty; choose a new directory")
+  cfg = model_config(read_config(workdir)["model"])
+  params = restore_params(workdir)
+  left_out = ""
+  if "rtd" in cfg.heads:
+    # ELECTRA: the discriminator is the model to keep (the paper fine-tunes it); the generator and
+    # the replaced-token head serve pretraining only, and BERT has no place for them.
+    dropped = {k: len(jax.tree.leaves(params[k])) for k in ("generator", "rtd_head") if k in params}
+    params = {k: v for k, v in params.items() if k not in dropped}
+    cfg = dataclasses.replace(cfg, heads=tuple(h for h in cfg.heads if h != "rtd"))
+    left_out = ", left out " + ", ".join(f"ELECTRA's {k} ({n} tensors)" for k, n in dropped.items())
+  hf_cfg, weights = hf_state(cfg, params)
 
   created = not out.exists()
   try:

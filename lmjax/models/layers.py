@@ -103,8 +103,8 @@ def dense_init(cfg: TransformerConfig, *axes):
 
 def residual_init(cfg: TransformerConfig, *axes):
   """Init of a projection that adds into the residual stream (attention out, MLP wo). GPT-2
-  (section 2.3; its code, nanoGPT and HF's GPT2 alike) scales these by 1/sqrt(2 N): each of the
-  2 N sublayers adds to the stream, so its variance at init stays that of one sublayer."""
+  (section 2.3; nanoGPT and HF's GPT2 alike) scales these by 1/sqrt(2 N): each of the 2 N
+  sublayers adds to the stream, so its variance at init stays that of one sublayer."""
   std = cfg.init_std / math.sqrt(2 * cfg.num_layers) if cfg.scale_residual_init else cfg.init_std
   return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
 

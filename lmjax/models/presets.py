@@ -3,8 +3,9 @@
 BERT presets follow Google's BERT release (bert-tiny/mini from Turc et al. 2019);
 GPT-2 presets follow OpenAI's GPT-2 (vocab 50257, 1024 positions, tanh GELU, pre-LN).
 Every preset initialises every kernel as N(0, 0.02), so the arms of a comparison start alike;
-GPT-2's own init (its residual projections at 0.02 / sqrt(2 N), as nanoGPT's) is
-`model.scale_residual_init=True`, which the Shakespeare configs set.
+GPT-2's own init (its residual projections at 0.02 / sqrt(2 N), as nanoGPT's and HF's) is
+`model.scale_residual_init=True`; measured on nanoGPT's Shakespeare it did worse (README
+"Reproducing nanoGPT's Shakespeare"), so the Shakespeare configs leave it off too.
 tests/test_models.py pins each preset's exact parameter count.
 """
 BERT = dict(vocab_size=30522, max_len=512, type_vocab_size=2, causal=False, pre_ln=False,

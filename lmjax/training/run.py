@@ -28,15 +28,16 @@ from lmjax.training import distributed
 FIXED_KEYS = ("seed", "model.vocab_size", "model.hidden", "model.num_layers", "model.num_heads", "model.mlp_dim",
               "model.max_len", "model.type_vocab_size", "model.causal", "model.heads", "model.num_labels",
               "model.position", "model.activation", "model.norm", "model.tie_embeddings", "model.use_bias",
-              "model.param_dtype", "model.scan_layers", "objective.name", "tokenizer.vocab_size",
+              "model.norm_bias", "model.param_dtype", "model.scan_layers", "objective.name", "tokenizer.vocab_size",
               "tokenizer.model_type", "optim.name", "optim.freeze_encoder", "data.source", "data.path",
               "data.seq_len", "data.batch_size", "task.name")
 # Keys whose value may change but not cross a line that changes the optimizer state's tree.
 FIXED_SIDES = {"optim.clip_norm": ("gradient clipping on/off", lambda v: v > 0),
                "optim.layer_decay": ("layer decay on/off", lambda v: v != 1.0),
                # Here, not in FIXED_KEYS: configs saved before the field existed lack it and still resume.
-               "model.generator_fraction": ("ELECTRA's generator width", lambda v: v),
-               "model.norm_bias": ("the LayerNorms' biases", lambda v: v)}
+               "model.generator_fraction": ("ELECTRA's generator width", lambda v: v)}
+# What a config.json written before a FIXED_KEYS key existed stands for.
+ABSENT_MEANS = {"model.norm_bias": True}
 
 
 def config_value(config: dict, key: str):
@@ -118,6 +119,7 @@ def check_workdir(workdir, cfg) -> None:
     saved, new = checkpoint.read_config(workdir), cfg.to_dict()
     for key in FIXED_KEYS:
       old, now = config_value(saved, key), config_value(new, key)
+      old = ABSENT_MEANS.get(key) if old is None else old
       if old != now:
         raise UserError(f"{workdir} holds a run with {key}={old!r}, this config says {now!r}; nothing was "
                         f"changed. Rerun with the run's own config ({workdir / 'config.json'}) or a new --workdir")
