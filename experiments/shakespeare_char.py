@@ -18,10 +18,11 @@ and every kernel starts N(0, 0.02) (nanoGPT scales the residual projections by 1
 Measured (2 CPU cores; README "Reproducing nanoGPT's Shakespeare"): validation loss 1.8839 at step
 2,000 (1.8803 on every validation character, `lmjax eval`) in 94.4, 97.2, 100.0 and 98.0 s for the
 whole command on a quiet machine, against nanoGPT's train.py run back to back with it: 1.8857 in
-103.1, 115.0, 108.0 and 108.7 s. Five seeds (1337, 0, 1, 2, 3) on every validation character: 1.885 +- 0.005, against
-nanoGPT's own 1.902 +- 0.008 (both flags above: lmjax 1.902 +- 0.008, nanoGPT's exactly); on the
-20-batch figure 1.900 (nanoGPT's 1.887, from other windows: that figure's sd is 0.0155 for one
-model, so it compares seeds within one codebase only). So the 1.88 bar is not met on average.
+103.1, 115.0, 108.0 and 108.7 s. Five seeds (1337, 0, 1, 2, 3) on every validation character:
+1.885 +- 0.005, against nanoGPT's own 1.902 +- 0.008 (both flags above: lmjax 1.902 +- 0.008,
+nanoGPT's model exactly); on the 20-batch figure 1.900 (nanoGPT's 1.887, from other windows: that
+figure's sd is 0.0155 for one model, so it compares seeds within one codebase only). So the 1.88
+bar is not met on average.
 The step: 35 ms against PyTorch's 38 ms. No sample at the end, as nanoGPT's train.py:
 `lmjax generate --model runs/shakespeare --prompt "ROMEO:"` is its sample.py.
 """

@@ -68,7 +68,8 @@ def test_clm_steps_equal_torch_adamw_on_gpt2(shared_data, tmp_path):
     for group in torch_opt.param_groups:
       group["lr"] = float(lr_fn(i))
     logits_BxLxV = torch_model(input_ids=torch.tensor(ids_BxL, dtype=torch.long)).logits
-    loss = torch.nn.functional.cross_entropy(logits_BxLxV.reshape(-1, V), torch.tensor(labels_BxL, dtype=torch.long).reshape(-1))
+    loss = torch.nn.functional.cross_entropy(logits_BxLxV.reshape(-1, V),
+                                             torch.tensor(labels_BxL, dtype=torch.long).reshape(-1))
     torch_opt.zero_grad()
     loss.backward()
     torch_norms.append(float(torch.nn.utils.clip_grad_norm_(torch_model.parameters(), CLIP)))
@@ -80,18 +81,16 @@ def test_clm_steps_equal_torch_adamw_on_gpt2(shared_data, tmp_path):
   assert min(torch_norms) < CLIP < max(torch_norms)   # steps with and without clipping
   assert lmjax_losses[-1] < lmjax_losses[0] - 0.3   # the weights moved: lr and decay are exercised
 
-  # The weights after STEPS updates, in HF's names. The key biases are left out: softmax ignores
-  # a shift shared by every key, so their gradient is 0 in exact arithmetic and float32 noise,
-  # which Adam scales to lr-sized steps of either sign in each framework alike.
-  trained = hf.to_hf_weights("gpt2", model.cfg, hf.flatten(jax.device_get(state.params)))
+  # The weights after STEPS updates, under transformers' names (as `convert --to-hf` writes them;
+  # lm_head.weight is the tied wte.weight). The key biases are left out: softmax ignores a shift
+  # shared by every key, so their gradient is 0 in exact arithmetic and float32 noise, which Adam
+  # scales to lr-sized steps of either sign in each framework alike.
+  _, trained = hf.hf_state(model.cfg, jax.device_get(state.params))
+  torch_weights = torch_model.state_dict()
+  assert set(trained) <= set(torch_weights) and set(torch_weights) - set(trained) == {"lm_head.weight"}
   D = config.n_embd
-  compared = 0
-  for name, want in torch_model.state_dict().items():
-    name = name.removeprefix("transformer.")
-    if name not in trained:   # lm_head.weight: the tied embedding, compared as wte.weight
-      continue
-    got, want, compared = np.asarray(trained[name]), want.detach().numpy(), compared + 1
+  for name, got in trained.items():
+    want = torch_weights[name].detach().numpy()
     if name.endswith("c_attn.bias"):
       got, want = np.delete(got, np.s_[D:2 * D]), np.delete(want, np.s_[D:2 * D])
     np.testing.assert_allclose(got, want, atol=3e-6, err_msg=name)   # measured: 4.2e-7 (the steps: 8 x 1e-2 lr)
-  assert compared == len(trained)

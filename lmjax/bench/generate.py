@@ -48,7 +48,7 @@ class LmjaxSide:
   """lmjax's compiled decoding programs, one per case; run(case) times one call."""
 
   def __init__(self, model, params, new_tokens: int, num_beams: int):
-    self.params, self.cases, self.tokens = params, {}, {}
+    self.cases, self.tokens = {}, {}
     for name, batch, beams in cases(num_beams):
       ids_BxP = jnp.asarray(prompts(model.cfg.vocab_size, batch))
       head = (model, params, ids_BxP, jnp.ones_like(ids_BxP))
@@ -141,9 +141,10 @@ def main(cfg, args) -> dict:
     # Only the learned position table depends on max_len; widen it so N new tokens fit.
     note = f"model.max_len {mcfg.max_len} widened to {PROMPT_LEN + N} to fit {N} new tokens"
     mcfg = dataclasses.replace(mcfg, max_len=PROMPT_LEN + N)
-  lm = LmjaxSide(build(mcfg), init_params(mcfg, jax.random.key(0)), N, K)
+  params = init_params(mcfg, jax.random.key(0))
+  lm = LmjaxSide(build(mcfg), params, N, K)
   threads = args.torch_threads or os.cpu_count()
-  torch_side = TorchSide(mcfg, lm.params, N, K, threads) if args.vs_torch else None
+  torch_side = TorchSide(mcfg, params, N, K, threads) if args.vs_torch else None
   sides = {"lmjax": lm} if torch_side is None else {"lmjax": lm, "torch": torch_side}
   names = [name for name, _, _ in cases(K)]
   for side in sides.values():   # warm-up: first calls allocate and fill caches

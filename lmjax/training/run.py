@@ -36,8 +36,9 @@ FIXED_SIDES = {"optim.clip_norm": ("gradient clipping on/off", lambda v: v > 0),
                "optim.layer_decay": ("layer decay on/off", lambda v: v != 1.0),
                # Here, not in FIXED_KEYS: configs saved before the field existed lack it and still resume.
                "model.generator_fraction": ("ELECTRA's generator width", lambda v: v)}
-# What a config.json written before a FIXED_KEYS key existed stands for.
-ABSENT_MEANS = {"model.norm_bias": True}
+# A config.json written before a model field existed stands for the field's default: a new field's
+# default keeps the behaviour from before it (model.norm_bias: True, the LayerNorms had biases).
+ABSENT_MEANS = {f"model.{k}": list(v) if isinstance(v, tuple) else v for k, v in models.model_fields().items()}
 
 
 def config_value(config: dict, key: str):
