@@ -20,7 +20,7 @@ from lmjax import models, objectives, tasks
 from lmjax.data import pipeline, tokenizer
 from lmjax.objectives import mlm
 from lmjax.errors import UserError
-from lmjax.models import layers
+from lmjax.models import config as model_choices
 from lmjax.training import loop, optim, parallel
 
 # The experiment configs ship inside the package as `lmjax.experiments` (pyproject.toml maps the
@@ -41,13 +41,13 @@ CHOICES = {
     "model.preset": ("",) + tuple(models.PRESETS),
     "tokenizer.model_type": tokenizer.MODEL_TYPES,
     "data.layout": ("",) + tuple(pipeline.LAYOUTS),
-    "model.norm": layers.NORMS,
-    "model.position": layers.POSITIONS,
-    "model.activation": layers.ACTIVATIONS,
-    "model.attention": layers.ATTENTION,
-    "model.remat": layers.REMAT,
-    "model.dtype": layers.DTYPES,
-    "model.param_dtype": layers.PARAM_DTYPES,
+    "model.norm": model_choices.NORMS,
+    "model.position": model_choices.POSITIONS,
+    "model.activation": model_choices.ACTIVATIONS,
+    "model.attention": model_choices.ATTENTION,
+    "model.remat": model_choices.REMAT,
+    "model.dtype": model_choices.DTYPES,
+    "model.param_dtype": model_choices.PARAM_DTYPES,
 }
 
 

@@ -16,7 +16,8 @@ import transformers
 import lmjax
 from lmjax.__main__ import main
 from lmjax.convert import hf
-from lmjax.models import init_params, model_config, stack_layers
+from lmjax.models import init_params, model_config
+from lmjax.models.layers import stack_layers
 from lmjax.checkpoint import read_config, restore_params, save_params, write_config
 
 TOL = 1e-4

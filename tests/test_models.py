@@ -8,9 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmjax.models import (PRESETS, TransformerConfig, build, init_cache, init_params, model_config,
-                          param_count, stack_layers)
-from lmjax.models.layers import QUERY_BLOCK, REMAT
+from lmjax.models import PRESETS, TransformerConfig, build, init_params, model_config, param_count
+from lmjax.models.config import REMAT
+from lmjax.models.decoder import init_cache
+from lmjax.models.layers import QUERY_BLOCK, stack_layers
 from lmjax.models.xla_cpu import argmax, dense_dot_general, materialize_grad
 
 TINY = dict(vocab_size=61, hidden=32, num_layers=2, num_heads=4, mlp_dim=64, max_len=32,

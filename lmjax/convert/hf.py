@@ -35,7 +35,8 @@ from safetensors.numpy import load_file, save_file
 
 from lmjax.checkpoint import read_config, restore_params, save_params, write_config
 from lmjax.errors import UserError
-from lmjax.models import init_params, model_config, model_fields, unstack_layers
+from lmjax.models import init_params, model_config, model_fields
+from lmjax.models.layers import unstack_layers
 
 SUPPORTED = ("bert (BertModel, BertForPreTraining, BertForMaskedLM, BertForNextSentencePrediction) "
              "and gpt2 (GPT2Model, GPT2LMHeadModel)")
